@@ -1,0 +1,104 @@
+"""generate, info, replay, schedulers."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sdkit.cli import app, build_recipe, guarded
+from sdkit.cli.options import schema_parameters, with_parameters
+from sdkit.schema.generate import GenerateRecipe
+
+RECIPE_PARAM = inspect.Parameter(
+    "recipe",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Optional[Path],  # noqa: UP045 - typer reads Optional
+        typer.Option("--recipe", help="YAML file of recipe fields; flags given on the command line override it."),
+    ],
+)
+
+
+def generate(recipe: Path | None = None, **given: Any) -> None:
+    """Generate images: txt2img; img2img with --init-image; inpaint with --init-image and --mask."""
+    from sdkit.recipes import generate as task
+
+    task.run(build_recipe(GenerateRecipe, recipe, given, task="generate"))
+
+
+app.command("generate")(with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM]))
+
+
+@app.command("info")
+@guarded
+def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")]) -> None:
+    """Print the recipe embedded in an image (YAML, usable with `sdkit generate --recipe`)."""
+    import yaml
+
+    from sdkit.outputs import read_recipe
+
+    record = read_recipe(image)
+    model = record.get("model", {})
+    print(f"# sdkit {record.get('sdkit')} {record.get('task')}; model {model.get('ref')} sha256 {model.get('sha256')}")
+    print(yaml.safe_dump({"task": record.get("task"), **record["recipe"]}, sort_keys=False), end="")
+
+
+@app.command("replay")
+@guarded
+def replay(
+    image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")] = None,  # noqa: UP045
+) -> None:
+    """Regenerate an image from its embedded recipe (bit-exact on the same device and dtype)."""
+    from sdkit.models import resolve_model
+    from sdkit.outputs import read_recipe
+    from sdkit.progress import warn
+    from sdkit.recipefile import validate
+    from sdkit.recipes import generate as task
+
+    record = read_recipe(image)
+    if record.get("task") != "generate":
+        raise typer.BadParameter(f"{image} was made by task {record.get('task')!r}; replay handles generate")
+    recipe = validate(GenerateRecipe, record["recipe"], f"{image} (sdkit metadata)")
+    if out is not None:
+        recipe = recipe.model_copy(update={"out": out})
+    recorded = record.get("model", {}).get("sha256")
+    now = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle).sha256
+    if recorded and now and recorded != now:
+        warn(f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ")
+    task.run(recipe)
+
+
+@app.command("schedulers")
+def schedulers_command() -> None:
+    """List the samplers: A1111 name, diffusers class and arguments."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sdkit.schedulers import SCHEDULERS
+
+    table = Table("name", "diffusers class", "arguments", "also", "note", box=None)
+    for spec in SCHEDULERS:
+        args = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items())
+        table.add_row(spec.name, spec.cls, args, ", ".join(spec.aliases), spec.note)
+    Console(file=sys.stdout, width=200).print(table)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from sdkit import __version__
+
+        print(f"sdkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Typed, reproducible Stable Diffusion generation and fine-tuning on Hugging Face diffusers."""

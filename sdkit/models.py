@@ -1,0 +1,179 @@
+"""Model references: the only code that resolves a `--model` value and touches weights on disk or the hub.
+
+A reference is an alias, a local diffusers folder, a single-file checkpoint, or a hub id. `resolve_model` checks it
+without importing torch (so bad input fails in milliseconds, before anything is loaded or written); `load_pipeline`
+builds the txt2img pipeline through diffusers' own loaders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from sdkit.errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+ALIASES = MappingProxyType(
+    {
+        "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "sd21": "stabilityai/stable-diffusion-2-1",
+        "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+        "sd-turbo": "stabilityai/sd-turbo",
+        "sdxl-turbo": "stabilityai/sdxl-turbo",
+        "shapes": str(ASSETS / "shapes"),
+    }
+)
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MAX_HEADER = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: `kind` is folder, file or hub; `location` an absolute path or a hub id."""
+
+    ref: str
+    kind: str
+    location: str
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Short display name (A1111's `Model:` field)."""
+        return Path(self.location).stem if self.kind != "hub" else self.location.split("/")[-1]
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise a UserError unless `path` is a complete safetensors file (header and data length agree)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path} is empty (0 bytes): download it again")
+    with path.open("rb") as f:
+        head = f.read(64)
+        if head.startswith(b"version https://git-lfs"):
+            raise UserError(f"{path} is a git-LFS pointer, not the weights: run `git lfs pull` in its repository")
+        if head.startswith(b"PK"):
+            raise UserError(f"{path} is a zip (a pickled torch file renamed .safetensors), not safetensors: convert it or use the real file")
+        if head.lstrip().startswith(b"<"):
+            raise UserError(f"{path} is an HTML page, not weights (a failed download?): download the file again")
+        length = int.from_bytes(head[:8], "little") if size >= 8 else -1
+        if not 2 <= length <= min(MAX_HEADER, size - 8):
+            raise UserError(f"{path} is not a safetensors file (bad header length): check the file or download it again")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path} is not a safetensors file (unreadable header): download it again") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{path} is not a safetensors file (header is not a table): download it again")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)), default=0)
+    if 8 + length + end > size:
+        raise UserError(f"{path} is truncated ({size} bytes, needs {8 + length + end}): download it again")
+
+
+def check_pickle_allowed(path: Path, allow_pickle: bool) -> None:
+    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise UserError(
+            f"{path} is a pickle file ({path.suffix}), which can run code when loaded: "
+            "use a .safetensors file, or pass --allow-pickle to load it with torch's weights_only=True"
+        )
+
+
+def _check_folder(folder: Path, allow_pickle: bool) -> None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(
+            f"{folder} has no model_index.json: give a diffusers pipeline folder (saved with save_pretrained) "
+            "or a .safetensors checkpoint file"
+        )
+    try:
+        components = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{index} is not valid JSON: repair or re-download the model folder") from None
+    for name, value in components.items():
+        sub = folder / name
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None or not sub.is_dir():
+            continue
+        safetensors = sorted(sub.glob("*.safetensors"))
+        for file in safetensors:
+            check_safetensors(file)
+        pickles = sorted(p for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles and not safetensors:
+            check_pickle_allowed(pickles[0], allow_pickle)
+
+
+def content_hash(location: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative names and bytes, sorted), as hex."""
+    digest = hashlib.sha256()
+    files = [location] if location.is_file() else sorted(p for p in location.rglob("*") if p.is_file())
+    for file in files:
+        if location.is_dir():
+            digest.update(str(file.relative_to(location)).encode() + b"\0")
+        with file.open("rb") as f:
+            while chunk := f.read(2**22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = True) -> ModelRef:
+    """Check a model reference and say what it is, without loading anything."""
+    target = ALIASES.get(ref.strip().lower(), ref)
+    path = Path(target).expanduser()
+    if path.is_dir():
+        _check_folder(path, allow_pickle)
+        return ModelRef(ref, "folder", str(path.resolve()), content_hash(path) if hash_local else None)
+    if path.is_file():
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise UserError(f"{path} is not a model: give a diffusers folder or a .safetensors checkpoint")
+        check_pickle_allowed(path, allow_pickle)
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+        return ModelRef(ref, "file", str(path.resolve()), content_hash(path) if hash_local else None)
+    if ref.strip().lower() == "shapes":
+        raise UserError(f"the embedded shapes model is missing from {path}: reinstall sdkit (pip install -e .)")
+    if path.suffix in SINGLE_FILE_SUFFIXES or target.startswith((".", "/", "~")) or not HUB_ID.match(target):
+        raise UserError(
+            f"model {ref!r} not found: no such folder or file, and not a hub id (org/name) or alias "
+            f"({', '.join(ALIASES)})"
+        )
+    return ModelRef(ref, "hub", target)
+
+
+def _is_sdxl_file(path: Path) -> bool:
+    """Whether a single-file checkpoint is SDXL (it has the second text encoder); pickles are assumed SD 1.x/2.x."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith("conditioner.embedders.1.") for k in f.keys())
+
+
+def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
+    """Load the txt2img pipeline for a resolved model with diffusers' loaders (safetensors only unless allowed)."""
+    import diffusers
+
+    safe = {"use_safetensors": None if allow_pickle else True}
+    if model.kind == "file":
+        cls = diffusers.StableDiffusionXLPipeline if _is_sdxl_file(Path(model.location)) else diffusers.StableDiffusionPipeline
+        return cls.from_single_file(model.location, torch_dtype=torch_dtype)
+    extra = {}
+    if model.kind == "folder":
+        index = json.loads((Path(model.location) / "model_index.json").read_text())
+        if "safety_checker" in index:
+            extra = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        return diffusers.AutoPipelineForText2Image.from_pretrained(model.location, torch_dtype=torch_dtype, **safe, **extra)
+    except OSError as err:
+        if model.kind != "hub":
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"could not load {model.location!r} from the Hugging Face Hub ({first[:160]}): check the id and your "
+            "network (HF_HUB_OFFLINE=1 uses only the local cache), or pass a local diffusers folder"
+        ) from None

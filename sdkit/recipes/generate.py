@@ -1,0 +1,190 @@
+"""txt2img, img2img and inpaint.
+
+    sdkit generate "a red circle on a blue background" --seed 1 -o outputs
+
+Image k of a run is generated alone with seed + k, so every image can be replayed by itself bit-exactly on CPU
+(a batched forward pass differs from a single one by float rounding). Each image is written as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sdkit import device, schedulers
+from sdkit.errors import SdkitError, UserError
+from sdkit.images import check_same_size, load_image
+from sdkit.models import ModelRef, load_pipeline, resolve_model
+from sdkit.outputs import check_output_dir, infotext, write_png
+from sdkit.progress import bar, warn
+from sdkit.schema.generate import GenerateRecipe
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class Result:
+    path: Path
+    seed: int
+    image: Image.Image
+    recipe: GenerateRecipe
+
+
+@dataclass(frozen=True)
+class Inputs:
+    init: Image.Image | None
+    mask: Image.Image | None
+
+
+def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
+    """Everything that can be checked without loading weights; raises UserError. Writes nothing."""
+    check_output_dir(recipe.out)
+    schedulers.resolve(recipe.scheduler)
+    init = load_image(recipe.init_image, "init image") if recipe.init_image else None
+    mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
+    if init is not None and mask is not None:
+        check_same_size(init, mask)
+    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
+    return model, Inputs(init, mask)
+
+
+def run(recipe: GenerateRecipe) -> list[Result]:
+    # 1. check the inputs and the placement before loading anything
+    model, inputs = check(recipe)
+    placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
+    seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
+
+    # 2. load the pipeline; img2img and inpaint share its modules through from_pipe
+    base = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=recipe.allow_pickle)
+    pipe = for_mode(base, recipe.mode)
+    device.place(pipe, placement)
+    pipe.set_progress_bar_config(disable=True)
+
+    # 3. the sampler, built from the model's own scheduler config
+    pipe.scheduler = schedulers.build(recipe.scheduler, base.scheduler.config)
+
+    # 4. size and inputs
+    width, height = output_size(recipe, pipe, inputs.init)
+    warn_truncated(pipe, recipe.prompt, "prompt")
+    warn_truncated(pipe, recipe.negative, "negative prompt")
+    call = call_kwargs(recipe, width, height, inputs)
+    fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
+
+    # 5. denoise and decode one image per seed, writing each as soon as it is done
+    results = []
+    steps = effective_steps(recipe)
+    with bar(f"{recipe.mode} {width}x{height}", steps * recipe.num_images) as advance:
+        for k in range(recipe.num_images):
+            image_recipe = recipe.model_copy(update={**fixed, "seed": seed + k})
+            image = denoise(pipe, call, seed + k, placement, advance)
+            path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height))
+            print(path, flush=True)
+            results.append(Result(path, seed + k, image, image_recipe))
+    return results
+
+
+def for_mode(base, mode: str):
+    """The pipeline for txt2img / img2img / inpaint, sharing the loaded modules."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    if mode == "txt2img":
+        return base
+    auto = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
+    return auto.from_pipe(base)
+
+
+def output_size(recipe: GenerateRecipe, pipe, init: Image.Image | None) -> tuple[int, int]:
+    if init is not None:
+        default = (init.width - init.width % 8, init.height - init.height % 8)
+        if min(default) < 8:
+            raise UserError(f"--init-image is {init.width}x{init.height}: give an image at least 8x8 px")
+    else:
+        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        default = (side, side)
+    return recipe.width or default[0], recipe.height or default[1]
+
+
+def effective_steps(recipe: GenerateRecipe) -> int:
+    """How many denoising steps run: img2img/inpaint skip the first (1 - strength) of the schedule."""
+    if recipe.mode == "txt2img":
+        return recipe.steps
+    return max(1, min(recipe.steps, int(recipe.steps * recipe.strength)))
+
+
+def warn_truncated(pipe, text: str, what: str) -> None:
+    if not text:
+        return
+    limit = pipe.tokenizer.model_max_length
+    count = len(pipe.tokenizer(text, truncation=False).input_ids)
+    if count > limit:
+        warn(f"{what} is {count} tokens; the text encoder reads {limit}: the last {count - limit} tokens are dropped")
+
+
+def call_kwargs(recipe: GenerateRecipe, width: int, height: int, inputs: Inputs) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "prompt": recipe.prompt,
+        "negative_prompt": recipe.negative or None,
+        "num_inference_steps": recipe.steps,
+        "guidance_scale": recipe.cfg,
+        "output_type": "np",
+    }
+    if inputs.init is None:
+        return {**kwargs, "width": width, "height": height}
+    kwargs.update(image=inputs.init.resize((width, height)), strength=recipe.strength)
+    if inputs.mask is not None:
+        kwargs.update(mask_image=inputs.mask.resize((width, height)), width=width, height=height)
+    return kwargs
+
+
+def denoise(pipe, call: dict[str, Any], seed: int, placement, advance) -> Image.Image:
+    """One image: CPU generator (same noise on every device), NaN checks on latents and pixels."""
+    import numpy as np
+    import torch
+
+    def on_step(_pipe, _step, _timestep, tensors):
+        if not torch.isfinite(tensors["latents"]).all():
+            raise SdkitError(nan_message(placement, "latents"))
+        advance(1)
+        return tensors
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with torch.inference_mode():
+        out = pipe(**call, generator=generator, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+    pixels = out.images[0]
+    if not np.isfinite(pixels).all():
+        raise SdkitError(nan_message(placement, "decoded image"))
+    return pipe.numpy_to_pil(pixels[None])[0]
+
+
+def nan_message(placement, where: str) -> str:
+    hint = "use --dtype fp32 (or an fp16-fixed VAE)" if placement.dtype_name != "fp32" else "check the model weights"
+    return f"the {where} contain NaN (dtype {placement.dtype_name}): nothing was saved for this image; {hint}"
+
+
+def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -> dict[str, str]:
+    """PNG text chunks: A1111 `parameters` infotext and the resolved recipe as `sdkit` JSON."""
+    from sdkit import __version__
+
+    fields = {
+        "Steps": recipe.steps,
+        "Sampler": schedulers.resolve(recipe.scheduler).name,
+        "CFG scale": recipe.cfg,
+        "Seed": recipe.seed,
+        "Size": f"{width}x{height}",
+        "Model hash": model.sha256[:10] if model.sha256 else None,
+        "Model": model.name,
+        "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
+        "Version": f"sdkit {__version__}",
+    }
+    record = {
+        "sdkit": __version__,
+        "task": "generate",
+        "recipe": recipe.model_dump(mode="json"),
+        "model": {"ref": model.ref, "kind": model.kind, "location": model.location, "sha256": model.sha256},
+        "size": [width, height],
+    }
+    return {"parameters": infotext(recipe.prompt, recipe.negative, fields), "sdkit": json.dumps(record)}

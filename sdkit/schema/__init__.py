@@ -1,0 +1,1 @@
+"""Typed task schemas: the one home of fields, defaults and validation."""

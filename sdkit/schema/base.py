@@ -1,0 +1,40 @@
+"""Shared pydantic base and the placement fields that every task uses.
+
+Field metadata for the CLI lives here too, in `json_schema_extra={"cli": {...}}`: `flags` (extra short names such as
+"-m") and `argument` (a positional argument). The CLI derives its options from the schema, so a field's
+`description` is its `--help` text and its default is the only default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Schema(BaseModel):
+    """Base of every sdkit schema: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def cli(*flags: str, argument: bool = False, hidden: bool = False) -> dict[str, Any]:
+    """`json_schema_extra` for a field: extra flag names, positional argument, or hidden from the CLI."""
+    return {"cli": {"flags": list(flags), "argument": argument, "hidden": hidden}}
+
+
+class Placement(Schema):
+    """Where and in which precision the models run (mixed into every task schema)."""
+
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="auto | cpu | cuda[:N] | mps. auto picks cuda > mps > cpu (one device per process under accelerate launch).",
+    )
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="Weight and compute precision: auto | fp32 | fp16 | bf16. auto = fp16 on cuda/mps, fp32 on cpu."
+    )
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none",
+        description="CPU offload on an accelerator: none | model (whole models moved in turn) | sequential (least VRAM, slowest).",
+    )

@@ -1,0 +1,76 @@
+"""`GenerateRecipe`: one typed description of a txt2img / img2img / inpaint job (CLI flags and YAML resolve into it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from sdkit.schema.base import Placement, cli
+
+
+def _multiple_of_8(value: int | None, name: str) -> int | None:
+    if value is not None and value % 8:
+        lower, upper = value - value % 8, value - value % 8 + 8
+        raise ValueError(f"{name} must be a multiple of 8 (got {value}; use {lower or 8} or {upper})")
+    return value
+
+
+class GenerateRecipe(Placement):
+    """Generate images from a prompt: txt2img, img2img (with init_image) or inpaint (with init_image and mask)."""
+
+    prompt: str = Field("", description="What to draw.", json_schema_extra=cli(argument=True))
+    negative: str = Field("", description="What to avoid (negative prompt).")
+    model: str = Field(
+        "shapes",
+        description="A diffusers folder, a .safetensors checkpoint, a hub id (org/name) or an alias "
+        "(shapes, sd15, sd21, sdxl, sd-turbo, sdxl-turbo).",
+        json_schema_extra=cli("-m"),
+    )
+    scheduler: str = Field(
+        "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...) or diffusers class; see `sdkit schedulers`.'
+    )
+    steps: int = Field(20, ge=1, le=1000, description="Denoising steps.")
+    cfg: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale (CFG scale); 1 disables guidance.")
+    width: int | None = Field(
+        None, ge=8, le=8192, description="Image width in px, a multiple of 8. Default: the model's size, or the init image's."
+    )
+    height: int | None = Field(
+        None, ge=8, le=8192, description="Image height in px, a multiple of 8. Default: the model's size, or the init image's."
+    )
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, description="Seed of image 1; image k uses seed + k - 1. Default: random (recorded in the output)."
+    )
+    num_images: int = Field(1, ge=1, le=10000, description="How many images to generate.")
+    init_image: Path | None = Field(None, description="Start image: img2img, or inpaint together with --mask.")
+    strength: float = Field(
+        0.75, gt=0, le=1, description="img2img/inpaint: how much of the init image is repainted, in (0, 1]."
+    )
+    mask: Path | None = Field(None, description="Inpaint mask (white = repaint), the same size as the init image.")
+    out: Path = Field(Path("outputs"), description="Output folder; files are numbered 00001-<seed>.png and never overwritten.", json_schema_extra=cli("-o"))
+    allow_pickle: bool = Field(
+        False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."
+    )
+
+    @field_validator("width")
+    @classmethod
+    def _width_multiple_of_8(cls, value: int | None) -> int | None:
+        return _multiple_of_8(value, "width")
+
+    @field_validator("height")
+    @classmethod
+    def _height_multiple_of_8(cls, value: int | None) -> int | None:
+        return _multiple_of_8(value, "height")
+
+    @model_validator(mode="after")
+    def _mask_needs_init_image(self) -> GenerateRecipe:
+        if self.mask is not None and self.init_image is None:
+            raise ValueError("mask needs init_image: give --init-image with --mask (inpaint)")
+        return self
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint, following the inputs."""
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
