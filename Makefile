@@ -22,8 +22,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# Until the embedded shapes model ships, the demo builds a tiny random-weight model locally (no network).
+DEMO_MODEL ?= .cache/tiny-sd
 demo: install
-	$(SDKIT) generate "a red circle on a blue background" --seed 1 --out outputs/demo
+	test -f $(DEMO_MODEL)/model_index.json || $(PY) -m sdkit.architectures tiny-sd $(DEMO_MODEL)
+	$(SDKIT) generate "a red circle on a blue background" -m $(DEMO_MODEL) --seed 1 --steps 20 --out outputs/demo
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -35,4 +38,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache .cache

@@ -157,18 +157,21 @@ def _is_sdxl_file(path: Path) -> bool:
 def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
     """Load the txt2img pipeline for a resolved model with diffusers' loaders (safetensors only unless allowed)."""
     import diffusers
+    import transformers
 
+    diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; hub downloads keep theirs
+    transformers.utils.logging.disable_progress_bar()
     safe = {"use_safetensors": None if allow_pickle else True}
     if model.kind == "file":
         cls = diffusers.StableDiffusionXLPipeline if _is_sdxl_file(Path(model.location)) else diffusers.StableDiffusionPipeline
-        return cls.from_single_file(model.location, torch_dtype=torch_dtype)
+        return cls.from_single_file(model.location, dtype=torch_dtype)
     extra = {}
     if model.kind == "folder":
         index = json.loads((Path(model.location) / "model_index.json").read_text())
         if "safety_checker" in index:
             extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        return diffusers.AutoPipelineForText2Image.from_pretrained(model.location, torch_dtype=torch_dtype, **safe, **extra)
+        return diffusers.AutoPipelineForText2Image.from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
     except OSError as err:
         if model.kind != "hub":
             raise

@@ -80,7 +80,7 @@ def describe(err: ValidationError, data: Any, source: str, flags: Mapping[str, s
     if first["type"] == "missing":
         return f"{where}: required but missing"
     value = first.get("input")
-    shown = "" if isinstance(value, (Mapping, list)) or value is None else f" (got {value!r})"
+    shown = "" if isinstance(value, (Mapping, list)) or value is None or "(got " in message else f" (got {value!r})"
     return f"{where}: {message}{shown}"
 
 
