@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,13 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
             extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         return diffusers.AutoPipelineForText2Image.from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
-    except OSError as err:
+    except (OSError, pickle.UnpicklingError) as err:
+        refused = _unpickling_error(err)
+        if refused is not None:
+            raise UserError(
+                f"{model.location}: a pickle file was refused by torch's weights_only loader "
+                f"({str(refused).splitlines()[0][:120]}): it holds more than tensors; use safetensors from a trusted source"
+            ) from None
         if model.kind != "hub":
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -180,3 +187,13 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
             f"could not load {model.location!r} from the Hugging Face Hub ({first[:160]}): check the id and your "
             "network (HF_HUB_OFFLINE=1 uses only the local cache), or pass a local diffusers folder"
         ) from None
+
+
+def _unpickling_error(err: BaseException | None) -> BaseException | None:
+    """The UnpicklingError behind `err` (diffusers re-raises it as OSError), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, pickle.UnpicklingError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import invoke, snapshot
 from PIL import Image
 
 import sdkit
-from cli_helpers import invoke, snapshot
 from sdkit.outputs import read_text_chunks
 
 FAST = ["--steps", "3", "--width", "32", "--height", "32"]

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from cli_helpers import assert_user_error, invoke, snapshot
+from PIL import Image
 
 
 @pytest.fixture()

@@ -1,0 +1,71 @@
+"""Model references: aliases, hub ids, local folders, hashes, and pickle weights behind --allow-pickle."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_user_error, invoke
+
+from sdkit.models import ALIASES, resolve_model
+
+
+@pytest.mark.parametrize("alias", ["sd15", "sd21", "sdxl", "sd-turbo", "sdxl-turbo"])
+def test_hub_aliases(alias: str) -> None:
+    ref = resolve_model(alias)
+    assert ref.kind == "hub" and ref.location == ALIASES[alias] and "/" in ref.location and ref.sha256 is None
+
+
+def test_hub_id_and_local_folder(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    assert resolve_model("someorg/some-model").kind == "hub"
+    local = resolve_model(str(tiny_sd_dir))
+    assert local.kind == "folder" and local.location == str(tiny_sd_dir.resolve())
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_sd_dir, copy)
+    assert resolve_model(str(copy)).sha256 == local.sha256  # content hash, not path
+    (copy / "unet" / "config.json").write_text((copy / "unet" / "config.json").read_text() + " ")
+    assert resolve_model(str(copy)).sha256 != local.sha256
+
+
+def _pickled_copy(tiny: Path, root: Path) -> Path:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = root / "pickled"
+    shutil.copytree(tiny, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    return folder
+
+
+def test_allow_pickle_loads_plain_tensors(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    folder = _pickled_copy(tiny_sd_dir, tmp_path)
+    args = ["generate", "a cat", "-m", folder, "--steps", "2", "--seed", "1", "-o", tmp_path / "o"]
+    assert_user_error(invoke(*args), "--allow-pickle")
+    result = invoke(*args, "--allow-pickle")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "00001-1.png").is_file()
+
+
+class Payload:
+    """Unpickling this would create a marker file: the weights_only loader must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_even_with_opt_in(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    folder = _pickled_copy(tiny_sd_dir, tmp_path)
+    marker = tmp_path / "pwned"
+    with (folder / "unet" / "diffusion_pytorch_model.bin").open("wb") as f:
+        pickle.dump({"weight": Payload(marker)}, f)
+    result = invoke("generate", "a cat", "-m", folder, "--steps", "2", "--allow-pickle", "-o", tmp_path / "o")
+    assert_user_error(result, "weights_only")
+    assert not marker.exists()
+    assert not (tmp_path / "o").exists()
