@@ -37,6 +37,7 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 _WORD = re.compile(r"^[a-z]+$")
+_LETTER_RUN = re.compile(r"[^\W\d_]+")  # what CLIP's pre-tokenizer calls [\p{L}]+
 
 
 def _byte_symbols() -> tuple[str, ...]:
@@ -75,6 +76,17 @@ def default_words() -> tuple[str, ...]:
     from sdkit.data.shapes import vocabulary_words
 
     return tuple(sorted(set(GENERIC_WORDS) | {w.lower() for w in vocabulary_words()}))
+
+
+def words_in(texts: Iterable[str]) -> list[str]:
+    """The distinct words (lower case, first-seen order) that CLIP's pre-tokenizer would cut from `texts` and that can
+    be single tokens here: runs of letters, ASCII only ("café" and digits are left to the character fallback)."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for run in _LETTER_RUN.findall(text.lower()):
+            if _WORD.match(run):
+                seen.setdefault(run, None)
+    return list(seen)
 
 
 def _checked_words(words: Iterable[str]) -> list[str]:

@@ -19,6 +19,7 @@ from sdkit.tokenizer import (
     default_words,
     load_tokenizer,
     word_vocabulary,
+    words_in,
     write_word_tokenizer,
 )
 
@@ -98,6 +99,11 @@ def test_vocab_size_is_checked(word_tokenizer_dir: Path) -> None:
         pytest.skip("this transformers version reads vocab_file=/merges_file= keywords correctly")
     with pytest.raises(UserError, match=f"{len(keyword_built)} tokens but its files define {written}"):
         check_vocab_size(keyword_built, word_tokenizer_dir)
+
+
+def test_words_in_captions() -> None:
+    captions = ["A red circle, on a BLUE background.", "the cat's 2nd café-table", "a red circle"]
+    assert words_in(captions) == ["a", "red", "circle", "on", "blue", "background", "the", "cat", "s", "nd", "table"]
 
 
 def test_bad_words_and_missing_folders_are_user_errors(tmp_path: Path) -> None:
