@@ -1,0 +1,419 @@
+"""`sdkit train text-to-image`: train a Stable Diffusion (1.x/2.x-style) pipeline on an imagefolder dataset.
+
+Like diffusers' train_text_to_image example, on sdkit's shared loop (`sdkit.training.loop`): noise from the model's
+own scheduler (DDPM on its betas), epsilon or v-prediction targets, caption dropout for classifier-free guidance,
+min-SNR weighting (`compute_snr`) and EMA (`EMAModel`) from `diffusers.training_utils`.
+
+Two ways in:
+  * `model:`  fine-tune an existing pipeline (stage unet: the UNet, optionally the text encoder; stage vae: the VAE).
+  * `preset:` start from a named architecture with random weights (sdkit.architectures). A from-scratch model trains
+    in two jobs: stage vae (its latent scaling factor is measured at the end), then stage unet with
+    `model: <vae run>/model`. See recipes/train/shapes-base.yaml.
+
+Writes OUT/model (a diffusers folder, safetensors), OUT/checkpoints/step-N, OUT/validation/step-N.png, OUT/loss.png,
+OUT/loss.json, OUT/loss.csv, OUT/run.json and OUT/recipe.yaml.
+
+    python -m sdkit.recipes.train_text_to_image recipes/train/shapes-base.yaml     # one job or a `jobs:` list
+    accelerate launch --multi_gpu --num_processes 2 -m sdkit.recipes.train_text_to_image FILE.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from sdkit.errors import SdkitError, UserError
+from sdkit.schema.train import TrainTextToImageRecipe
+
+VALIDATION_IMAGES_VAE = 6  # reconstructions shown in the vae stage's validation grid
+
+
+def run(recipe: TrainTextToImageRecipe) -> Path:
+    """Train as the recipe says; return the saved pipeline folder (OUT/model)."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from sdkit.training import checkpoints as ckpt
+    from sdkit.training import data
+    from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
+
+    # 0. cheap checks first: resume target, dataset rows (no model loaded yet)
+    out = Path(recipe.output_dir)
+    if recipe.resume == "latest" and _finished(out, recipe.max_steps):
+        print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
+        return out / "model"
+    ckpt.resolve_resume(out, recipe.resume)
+    rows = data.read_imagefolder(recipe.data_dir, recipe.caption_column, max_rows=recipe.max_train_samples)
+    captions = [row[recipe.caption_column] for row in rows]
+
+    with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_recipe(recipe, out / "recipe.yaml")
+        set_seed(recipe.seed)
+
+        # 1. load: the pipeline to fine-tune, or a preset with random weights
+        pipe = _load(recipe, captions)
+        vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        resolution = recipe.resolution or unet.config.sample_size * scale
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+        device = accelerator.device
+        for module in (vae, unet, text_encoder):
+            module.requires_grad_(False)
+
+        # 2. data: decode once, tokenise with the pipeline's tokenizer, optionally cache latents
+        images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
+        input_ids = data.tokenize(tokenizer, captions)
+        empty_ids = data.tokenize(tokenizer, [""])[0]
+        if recipe.stage == "vae":
+            trainable = {"vae": _autoencoder_loss(vae)}
+            vae.requires_grad_(True)
+            _place(text_encoder, device, torch.float32)
+        else:
+            trainable = {"unet": unet}
+            unet.requires_grad_(True)
+            if recipe.train_text_encoder:
+                trainable["text_encoder"] = text_encoder
+                text_encoder.requires_grad_(True)
+            else:
+                _place(text_encoder, device, weight_dtype)
+            _place(vae, device, weight_dtype)
+        if recipe.cache_latents:
+            dataset = data.CaptionedImages(
+                input_ids, latent_dist=data.encode_latents(vae, images, recipe.train_batch_size, device, weight_dtype)
+            )
+        else:
+            dataset = data.CaptionedImages(input_ids, pixels=images)
+
+        # 3. the loss
+        noise_scheduler = _noise_scheduler(pipe, recipe)
+        if recipe.stage == "vae":
+            loss_fn = _vae_loss(recipe, resolution, device)
+        else:
+            loss_fn = _unet_loss(recipe, resolution, noise_scheduler, vae, text_encoder, empty_ids, weight_dtype, device)
+
+        # 4. validation
+        validate = _validator(recipe, pipe, noise_scheduler, images, captions, accelerator)
+
+        # 5. train
+        task = TrainTask(
+            modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=validate,
+            info={"task": recipe.task, "stage": recipe.stage},
+        )  # fmt: skip
+        result = run_training(accelerator, recipe, task)
+
+        # 6. save: a plain diffusers folder
+        model_dir = out / "model"
+        if accelerator.is_main_process:
+            trained_vae = result.modules["vae"].vae if recipe.stage == "vae" else vae
+            if recipe.stage == "vae" and recipe.preset is not None:
+                factor = _measure_scaling_factor(trained_vae, images, recipe.train_batch_size, device)
+                trained_vae.register_to_config(scaling_factor=factor)
+                print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
+            _save(pipe, trained_vae, noise_scheduler, model_dir)
+            print(f"model saved: {model_dir}", file=sys.stderr)
+        accelerator.wait_for_everyone()
+    return model_dir
+
+
+def _autoencoder_loss(vae):
+    import torch
+
+    class AutoencoderLoss(torch.nn.Module):
+        """Wraps the VAE so one forward call (what DDP synchronises) returns reconstruction and KL."""
+
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, pixels, generator):
+            posterior = self.vae.encode(pixels).latent_dist
+            reconstruction = self.vae.decode(posterior.sample(generator=generator)).sample
+            return reconstruction, posterior.kl().mean()
+
+    return AutoencoderLoss(vae)
+
+
+def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
+    """The StableDiffusionPipeline to train, in fp32 on the CPU."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    if recipe.preset is not None:
+        from sdkit.architectures import build_pipeline, get_preset
+        from sdkit.tokenizer import default_words
+
+        if get_preset(recipe.preset).family != "sd":
+            raise UserError(f"preset {recipe.preset!r} is SDXL: text-to-image training supports SD 1.x/2.x presets")
+        words = recipe.vocabulary
+        if words is None:
+            words = sorted(set(default_words()) | {w for c in captions for w in re.findall(r"[a-z]+", c.lower())})
+        return build_pipeline(recipe.preset, words=words, seed=recipe.seed)
+    from sdkit.models import load_pipeline, resolve_model
+
+    pipe = load_pipeline(resolve_model(recipe.model, hash_local=False), torch_dtype=torch.float32)
+    if not isinstance(pipe, StableDiffusionPipeline):
+        raise UserError(
+            f"{recipe.model} is a {type(pipe).__name__}: text-to-image training supports SD 1.x/2.x pipelines "
+            "(StableDiffusionPipeline) only"
+        )
+    return pipe
+
+
+def _noise_scheduler(pipe, recipe: TrainTextToImageRecipe):
+    """DDPM on the model's own betas, with the recipe's prediction type (the training noise schedule)."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    if recipe.prediction_type is not None:
+        scheduler.register_to_config(prediction_type=recipe.prediction_type)
+    return scheduler
+
+
+def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
+    import torch.nn.functional as F
+
+    from sdkit.training.data import to_pixels
+
+    def loss_fn(batch, models, generator):
+        pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
+        reconstruction, kl = models["vae"](pixels, generator)
+        return F.mse_loss(reconstruction.float(), pixels) + recipe.kl_weight * kl
+
+    return loss_fn
+
+
+def _unet_loss(recipe, resolution, noise_scheduler, vae, frozen_text_encoder, empty_ids, weight_dtype, device):
+    """diffusers' train_text_to_image loss: noise, timesteps, caption dropout, target, min-SNR weighting."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from sdkit.training.data import sample_latents, to_pixels
+
+    scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+    prediction_type = noise_scheduler.config.prediction_type
+    steps = noise_scheduler.config.num_train_timesteps
+
+    def loss_fn(batch, models, generator):
+        with torch.no_grad():
+            if "latent_dist" in batch:
+                latents = sample_latents(batch["latent_dist"], generator)
+            else:
+                pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
+                latents = vae.encode(pixels.to(weight_dtype)).latent_dist.sample(generator=generator)
+            latents = ((latents.float() - shift) * scaling).to(device)
+        bsz = latents.shape[0]
+        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        if recipe.noise_offset:
+            noise += recipe.noise_offset * randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
+        timesteps = torch.randint(0, steps, (bsz,), generator=generator).to(device)
+        input_ids = batch["input_ids"].clone()
+        if recipe.caption_dropout:
+            drop = (torch.rand(bsz, generator=generator) < recipe.caption_dropout).to(input_ids.device)
+            input_ids[drop] = empty_ids.to(input_ids.device)
+        text_encoder = models.get("text_encoder", frozen_text_encoder)
+        encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        model_pred = models["unet"](noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        if recipe.snr_gamma is None:
+            return F.mse_loss(model_pred.float(), target.float())
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.clamp(snr, max=recipe.snr_gamma)
+        weights = weights / snr if prediction_type == "epsilon" else weights / (snr + 1)
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (loss * weights).mean()
+
+    return loss_fn
+
+
+def _validator(recipe, pipe, noise_scheduler, images, captions, accelerator):
+    """step -> grid rows: prompts × seeds (unet stage) or originals beside reconstructions with PSNR (vae stage)."""
+    import torch
+
+    if recipe.stage == "vae":
+        count = min(VALIDATION_IMAGES_VAE, len(images))
+
+        def validate_vae(step):
+            originals = torch.stack(images[:count]).to(accelerator.device, torch.float32).div(127.5).sub(1)
+            with torch.no_grad(), accelerator.autocast():
+                posterior = pipe.vae.encode(originals).latent_dist
+                reconstruction = pipe.vae.decode(posterior.mode()).sample.float().clamp(-1, 1)
+            mse = ((reconstruction - originals) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            psnr = (10 * torch.log10(1 / mse)).tolist()
+            return [
+                [(captions[i], _to_pil(originals[i])) for i in range(count)],
+                [(f"reconstruction {psnr[i]:.1f} dB", _to_pil(reconstruction[i])) for i in range(count)],
+            ]
+
+        return validate_vae
+    if not recipe.validation_prompts:
+        return None
+    from diffusers import StableDiffusionPipeline
+
+    def validate_unet(step):
+        scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": noise_scheduler.config.prediction_type})
+        val = StableDiffusionPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+        val.set_progress_bar_config(disable=True)
+        rows = []
+        for prompt in recipe.validation_prompts:
+            gens = [torch.Generator().manual_seed(recipe.seed + i) for i in range(recipe.validation_images)]
+            with torch.no_grad(), accelerator.autocast():
+                result = val(
+                    prompt, num_inference_steps=recipe.validation_inference_steps, guidance_scale=recipe.validation_guidance_scale,
+                    num_images_per_prompt=recipe.validation_images, generator=gens,
+                )  # fmt: skip
+            rows.append([(f"{prompt} (seed {recipe.seed + i})", image) for i, image in enumerate(result.images)])
+        return rows
+
+    return validate_unet
+
+
+def _place(module, device, dtype) -> None:
+    """Move a module; cast only when its dtype differs (diffusers warns about any dtype argument)."""
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+
+
+def _to_pil(pixels):
+    from PIL import Image
+
+    array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _measure_scaling_factor(vae, images, batch_size, device) -> float:
+    """1 / std of the latents (posterior samples) over the training images, as SD's 0.18215 was chosen."""
+    import torch
+
+    from sdkit.training.data import encode_latents, sample_latents
+
+    with torch.no_grad():
+        dist = encode_latents(vae, images[:4096], batch_size, device, torch.float32)
+        latents = sample_latents(dist, torch.Generator().manual_seed(0))
+    return float(1.0 / latents.std().clamp_min(1e-6))
+
+
+def _save(pipe, vae, noise_scheduler, model_dir: Path) -> None:
+    """Save the trained pipeline as a diffusers folder; the inference scheduler keeps the trained prediction type."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from sdkit.architectures import save_pipeline
+
+    scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": noise_scheduler.config.prediction_type})
+    modules = {"vae": vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    for module in modules.values():
+        _place(module, "cpu", torch.float32)
+    final = StableDiffusionPipeline(
+        **modules, tokenizer=pipe.tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    staging = model_dir.parent / ".model-new"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_pipeline(final, staging)
+    if model_dir.exists():  # a resumed run of a finished job: replace the old result only now
+        old = model_dir.parent / ".model-old"
+        shutil.rmtree(old, ignore_errors=True)
+        model_dir.rename(old)
+        staging.rename(model_dir)
+        shutil.rmtree(old)
+    else:
+        staging.rename(model_dir)
+
+
+def _finished(out: Path, max_steps: int) -> bool:
+    info = out / "run.json"
+    if not (out / "model" / "model_index.json").is_file() or not info.is_file():
+        return False
+    return json.loads(info.read_text()).get("steps", 0) >= max_steps
+
+
+def _write_recipe(recipe: TrainTextToImageRecipe, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+
+
+def load_jobs(path: Path) -> list[Any]:
+    """A YAML file holding one job (a mapping) or `jobs:` (a list of mappings). A job's `task` is
+    train-text-to-image (the default) or data-shapes (`sdkit data shapes`, skipped when its folder is already there)."""
+    from sdkit.recipefile import load_yaml, validate
+    from sdkit.schema.data import ShapesDataRecipe
+
+    content = load_yaml(path)
+    jobs: list[Any] = content["jobs"] if isinstance(content, dict) and "jobs" in content else [content]
+    if not isinstance(jobs, list) or not jobs:
+        raise UserError(f"{path}: jobs must be a non-empty list of mappings")
+    recipes = []
+    for i, job in enumerate(jobs, 1):
+        task = job.get("task", "train-text-to-image") if isinstance(job, dict) else None
+        if task == "data-shapes":
+            recipes.append(validate(ShapesDataRecipe, {k: v for k, v in job.items() if k != "task"}, f"{path} (job {i})"))
+        elif task in ("train-text-to-image", None):
+            recipes.append(validate(TrainTextToImageRecipe, job, f"{path} (job {i})"))
+        else:
+            raise UserError(f"{path}: job {i} has task {task!r}: this entry point runs train-text-to-image and data-shapes")
+    return recipes
+
+
+def run_job(job: Any) -> Path:
+    """Run one job of `load_jobs`; return its output (the model folder, or the dataset folder)."""
+    if isinstance(job, TrainTextToImageRecipe):
+        return run(job)
+    from sdkit.data import shapes
+
+    metadata = Path(job.out) / "metadata.jsonl"
+    if metadata.is_file() and len(metadata.read_text().splitlines()) == job.n:
+        print(f"dataset {job.out} already written ({job.n} rows): kept", file=sys.stderr)
+        return Path(job.out)
+    if _is_main_process():
+        shapes.run(job)
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+    return Path(job.out)
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sdkit.recipes.train_text_to_image FILE.yaml [--only N]`: run the file's jobs in order."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sdkit.recipes.train_text_to_image", description=main.__doc__)
+    parser.add_argument("recipe", type=Path, help="YAML recipe: one job, or jobs: [...]")
+    parser.add_argument("--only", type=int, help="run only job N (1-based)")
+    args = parser.parse_args(argv)
+    try:
+        jobs = load_jobs(args.recipe)
+        if args.only is not None and not 1 <= args.only <= len(jobs):
+            raise UserError(f"--only {args.only}: {args.recipe} has jobs 1 to {len(jobs)}")
+        selected = [jobs[args.only - 1]] if args.only else jobs
+        for job in selected:
+            result = run_job(job)
+            if _is_main_process():
+                print(result)
+    except SdkitError as err:
+        print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,9 @@
+"""The shared training core: one accelerate loop for every sdkit training task.
+
+* `sdkit.training.loop`        — `make_accelerator`, `TrainTask`, `run_training`, `TrainingInterrupted`
+* `sdkit.training.checkpoints` — atomic `checkpoints/step-N`, `--resume latest|PATH`, pruning
+* `sdkit.training.data`        — imagefolder reading/checking, in-memory images, tokenising, latent caching
+* `sdkit.training.plots`       — validation grids and the loss curve (Pillow only)
+
+Import the submodules directly; they import torch, so the CLI imports them only when a training command runs.
+"""

@@ -1,0 +1,147 @@
+"""Resumable checkpoints: `OUT/checkpoints/step-N`, written atomically, pruned safely, found again on resume.
+
+A checkpoint is accelerate's `save_state` folder (trained weights, optimiser, LR scheduler, sampler, RNG states and
+every object registered with `register_for_checkpointing`) plus `checkpoint.json`, written LAST. It is written into
+`checkpoints/.tmp-step-N` and renamed to `step-N` only once complete, so a crash mid-save leaves a temp folder that
+nothing mistakes for a checkpoint. Old checkpoints are pruned only after the new one is complete.
+
+    latest_checkpoint(out)            -> newest complete checkpoint or None (temp and unmarked folders are skipped)
+    resolve_resume(out, resume)       -> the checkpoint to resume from, or None for a fresh start (UserError otherwise)
+    save_checkpoint(accelerator, out, step, info) -> Path
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sdkit.errors import UserError
+
+MARKER = "checkpoint.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TMP_PREFIX = ".tmp-"
+
+
+def checkpoints_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint is complete when its marker exists and parses (it is written after everything else)."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return bool(json.loads(marker.read_text()).get("complete"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False
+
+
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete `step-N` folder, oldest first."""
+    root = checkpoints_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and child.is_dir() and is_complete(child):
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint in `output_dir/checkpoints`, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MARKER).read_text())
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint a run resumes from.
+
+    None: a fresh start, refused when `output_dir` already holds a run (so nothing is overwritten by accident).
+    "latest": the newest complete checkpoint, or None (fresh start) when there is none.
+    A path: it must exist and be complete; anything else is a UserError, never a silent fresh start.
+    """
+    output_dir = Path(output_dir)
+    if resume is None:
+        if complete_checkpoints(output_dir) or (output_dir / "model").exists():
+            raise UserError(
+                f"{output_dir} already holds a training run (checkpoints/ or model/): continue it with --resume latest, "
+                "or choose another output folder"
+            )
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise UserError(f"resume checkpoint {path} does not exist: give a checkpoints/step-N folder or --resume latest")
+    if not path.is_dir() or not is_complete(path):
+        raise UserError(
+            f"resume checkpoint {path} is incomplete (no {MARKER}; the save was interrupted?): "
+            "pick a complete one or use --resume latest, which skips incomplete checkpoints"
+        )
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, info: dict[str, Any], total_limit: int | None) -> Path:
+    """Save the accelerator's state as `checkpoints/step-{step}` atomically; prune beyond `total_limit` afterwards.
+
+    Every process must call this (each saves its own RNG state); only the main process touches the folders.
+    """
+    root = checkpoints_dir(output_dir)
+    final = root / f"step-{step}"
+    tmp = root / f"{TMP_PREFIX}step-{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a crashed save of the same step
+            shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker = {"complete": True, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        with open(tmp / MARKER, "w") as f:
+            json.dump(marker, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # e.g. a run restarted from an older checkpoint reaches this step again
+            old = root / f"{TMP_PREFIX}old-step-{step}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(output_dir: Path, total_limit: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `total_limit` and leftover temp folders; return what was removed.
+
+    Incomplete `step-N` folders (no marker) are left alone: they are not counted and not trusted, but not ours to delete.
+    """
+    removed = []
+    root = checkpoints_dir(output_dir)
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith(TMP_PREFIX) and child.is_dir():
+                shutil.rmtree(child)
+                removed.append(child)
+    if total_limit is not None:
+        found = complete_checkpoints(output_dir)
+        for _, path in found[: max(0, len(found) - total_limit)]:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed

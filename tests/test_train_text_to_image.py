@@ -1,0 +1,162 @@
+"""`sdkit.recipes.train_text_to_image` on tiny real models: outputs, exact resume, SIGINT, accelerate launch, YAML."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdkit.errors import UserError
+from sdkit.recipes.train_text_to_image import load_jobs, run
+from sdkit.schema.train import TrainTextToImageRecipe
+from sdkit.training import checkpoints as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+FAST = {"preset": "tiny-sd", "train_batch_size": 3, "threads": 1, "log_every": 1, "validation_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> Path:
+    from sdkit.data.shapes import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "shapes", 10, seed=0, size=32)
+
+
+def recipe(data: Path, out: Path, **fields) -> TrainTextToImageRecipe:
+    return TrainTextToImageRecipe(data_dir=data, output_dir=out, **{**FAST, **fields})
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        f"{sub}.{k}": v
+        for sub in ("unet", "text_encoder", "vae")
+        for file in sorted((model_dir / sub).glob("*.safetensors"))
+        for k, v in load_file(file).items()
+    }
+
+
+def test_preset_run_writes_a_loadable_pipeline(shapes_data, tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    prompts = ["a red circle on a blue background"]
+    model_dir = run(recipe(shapes_data, tmp_path, max_steps=4, validation_prompts=prompts, validation_steps=2, checkpointing_steps=2))
+    assert model_dir == tmp_path / "model"
+    for name in ("validation/step-2.png", "validation/step-4.png", "loss.png", "loss.json", "loss.csv", "run.json"):
+        assert (tmp_path / name).is_file(), name
+    saved = TrainTextToImageRecipe.model_validate(yaml.safe_load((tmp_path / "recipe.yaml").read_text()))
+    assert saved.max_steps == 4 and saved.validation_prompts == prompts
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)  # plain diffusers, nothing sdkit-specific
+    image = pipe(prompts[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+    assert all(p.suffix != ".bin" for p in model_dir.rglob("*.*") if "model" in p.stem)  # safetensors only
+
+
+def test_fine_tune_v_prediction_with_cached_latents(shapes_data, tiny_sd_dir, tmp_path):
+    model_dir = run(
+        recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), max_steps=2, cache_latents=True,
+               prediction_type="v_prediction", checkpointing_steps=None)
+    )  # fmt: skip
+    scheduler = json.loads((model_dir / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    before, after = weights(tiny_sd_dir), weights(model_dir)
+    assert any(not (before[k] == after[k]).all() for k in before if k.startswith("unet."))
+    assert all((before[k] == after[k]).all() for k in before if not k.startswith("unet."))  # only the UNet trained
+
+
+def test_vae_stage_measures_scaling_factor(shapes_data, tmp_path):
+    model_dir = run(recipe(shapes_data, tmp_path, stage="vae", max_steps=2, checkpointing_steps=None))
+    config = json.loads((model_dir / "vae/config.json").read_text())
+    assert config["scaling_factor"] != 0.18215 and config["scaling_factor"] > 0
+    assert (tmp_path / "validation/step-2.png").is_file()  # originals beside reconstructions
+
+
+def test_resume_from_a_checkpoint_is_exact(shapes_data, tmp_path):
+    # 10 images, batch 3, 2 micro-batches per step; EMA, text encoder, caption dropout and a cosine schedule all on.
+    fields = {"max_steps": 5, "gradient_accumulation_steps": 2, "checkpointing_steps": 3, "use_ema": True,
+              "train_text_encoder": True, "caption_dropout": 0.3, "lr_scheduler": "cosine", "lr_warmup_steps": 1}  # fmt: skip
+    full = run(recipe(shapes_data, tmp_path / "full", **fields))
+    resumed = run(recipe(shapes_data, tmp_path / "resumed", resume=str(tmp_path / "full/checkpoints/step-3"), **fields))
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a), "resumed weights differ from the uninterrupted run"
+
+
+def test_resume_errors_come_before_any_work(shapes_data, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run(recipe(shapes_data, tmp_path / "out", resume=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="has no images and no metadata.jsonl"):
+        run(recipe(tmp_path, tmp_path / "out"))
+
+
+def test_sigint_saves_a_checkpoint_and_resume_matches(shapes_data, tmp_path):
+    job = {"task": "train-text-to-image", **FAST, "data_dir": str(shapes_data), "output_dir": str(tmp_path / "run"),
+           "max_steps": 10_000, "checkpointing_steps": None, "use_ema": True}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdkit.recipes.train_text_to_image", str(tmp_path / "job.yaml")],
+        cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("step 2/") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == 130, log
+    assert "stopped by SIGINT at step" in log and "--resume latest" in log
+    latest = ckpt.latest_checkpoint(tmp_path / "run")
+    assert latest is not None, log
+    step = ckpt.read_marker(latest)["step"]
+    assert 2 <= step < 10_000 and not (tmp_path / "run/model").exists()
+
+    # Resuming to step+2 ends where an uninterrupted run of step+2 steps ends (constant LR: max_steps changes nothing).
+    job.update(max_steps=step + 2, log_every=100)
+    resumed = run(TrainTextToImageRecipe.model_validate({**job, "resume": "latest"}))
+    fresh = run(TrainTextToImageRecipe.model_validate({**job, "output_dir": str(tmp_path / "fresh")}))
+    a, b = weights(resumed), weights(fresh)
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_accelerate_launch_two_processes(shapes_data, tmp_path):
+    job = {**FAST, "data_dir": str(shapes_data), "output_dir": str(tmp_path / "run"), "max_steps": 2,
+           "checkpointing_steps": 1, "train_text_encoder": True}  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "sdkit.recipes.train_text_to_image", str(tmp_path / "job.yaml")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "run/run.json").read_text())
+    assert info["distributed_type"] == "MULTI_CPU" and info["num_processes"] == 2  # really two processes
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints/step-2").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]  # fmt: skip
+    assert done.stdout.strip() == str(tmp_path / "run/model")  # printed once, by the main process
+    assert (tmp_path / "run/model/model_index.json").is_file()
+
+
+def test_yaml_jobs(tmp_path):
+    (tmp_path / "jobs.yaml").write_text(
+        "jobs:\n  - task: data-shapes\n    out: d\n    n: 3\n  - task: train-text-to-image\n    preset: tiny-sd\n"
+        "    data_dir: d\n    output_dir: o\n    max_stepz: 3\n"
+    )
+    with pytest.raises(UserError, match=r"jobs.yaml \(job 2\):9 max_stepz: unknown key"):
+        load_jobs(tmp_path / "jobs.yaml")
+    jobs = load_jobs(ROOT / "recipes/train/shapes-base.yaml")  # the committed recipe validates
+    assert [type(j).__name__ for j in jobs][-2:] == ["TrainTextToImageRecipe", "TrainTextToImageRecipe"]
+    assert [j.stage for j in jobs[-2:]] == ["vae", "unet"]

@@ -1,0 +1,206 @@
+"""The shared training core on a toy model (no diffusers models): checkpoints, resume, pruning, signals, data, plots."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sdkit.errors import UserError
+from sdkit.schema.train import TrainCommon
+from sdkit.training import checkpoints as ckpt
+from sdkit.training import data
+from sdkit.training.loop import StopSignals, TrainTask, accelerator_session, run_training
+from sdkit.training.plots import labelled_grid, loss_curve
+
+
+class Toy:
+    """A map-style dataset of 10 fixed (x, y) pairs."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(123)
+        self.x = torch.randn(10, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": i, "x": self.x[i], "y": self.y[i]}
+
+
+def toy_loss(batch, models, generator):
+    noise = torch.randn(batch["x"].shape, generator=generator) * 0.1  # per-step randomness from the step's generator
+    pred = models["net"](batch["x"] + noise).squeeze(-1)
+    return torch.nn.functional.mse_loss(pred, batch["y"])
+
+
+def train_toy(out: Path, **fields) -> dict[str, torch.Tensor]:
+    common = TrainCommon(
+        output_dir=out, **{"max_steps": 6, "train_batch_size": 3, "gradient_accumulation_steps": 2, "learning_rate": 0.05,
+                           "lr_scheduler": "cosine", "lr_warmup_steps": 1, "use_ema": True, "ema_decay": 0.9,
+                           "checkpointing_steps": 2, "checkpoints_total_limit": None, "log_every": 100, **fields}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    with accelerator_session(common) as accelerator:
+        result = run_training(accelerator, common, TrainTask(modules={"net": net}, dataset=Toy(), loss_fn=toy_loss))
+    return {k: v.clone() for k, v in result.modules["net"].state_dict().items()}
+
+
+def test_resume_mid_epoch_is_bitwise_exact(tmp_path):
+    # 10 items, batch 3 → 4 batches per epoch, 2 micro-batches per step: step 3 is in the middle of epoch 1.
+    full = train_toy(tmp_path / "full")
+    assert [p.name for _, p in ckpt.complete_checkpoints(tmp_path / "full")] == ["step-2", "step-4", "step-6"]
+    resumed = train_toy(tmp_path / "resumed", resume=str(tmp_path / "full/checkpoints/step-4"))
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    history = json.loads((tmp_path / "resumed/loss.json").read_text())
+    assert [row["step"] for row in history] == [1, 2, 3, 4, 5, 6]  # the history travels with the checkpoint
+    assert history == json.loads((tmp_path / "full/loss.json").read_text())
+    assert (tmp_path / "full/loss.png").is_file() and (tmp_path / "full/loss.csv").read_text().startswith("step,loss,lr")
+    run = json.loads((tmp_path / "resumed/run.json").read_text())
+    assert run["steps"] == 6 and run["distributed_type"] == "NO" and run["resumed_from"].endswith("step-4")
+
+
+def test_pruning_keeps_newest_complete(tmp_path):
+    train_toy(tmp_path, checkpoints_total_limit=2)
+    assert [p.name for _, p in ckpt.complete_checkpoints(tmp_path)] == ["step-4", "step-6"]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_fresh_start_over_a_run_is_refused_and_latest_continues(tmp_path):
+    train_toy(tmp_path, max_steps=2)
+    with pytest.raises(UserError, match="already holds a training run"):
+        train_toy(tmp_path, max_steps=4)
+    weights = train_toy(tmp_path, max_steps=4, resume="latest")  # continues from step 2
+    assert json.loads((tmp_path / "run.json").read_text())["resumed_from"].endswith("step-2")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
+    path = root / "checkpoints" / f"step-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / ckpt.MARKER).write_text(json.dumps({"complete": True, "step": step}))
+    return path
+
+
+def test_latest_skips_incomplete_and_temp_dirs(tmp_path):
+    make_checkpoint(tmp_path, 5)
+    make_checkpoint(tmp_path, 10, complete=False)  # crashed before the marker
+    (tmp_path / "checkpoints" / ".tmp-step-15").mkdir()  # crashed mid-save
+    (tmp_path / "checkpoints" / "step-20").mkdir()
+    (tmp_path / "checkpoints" / "step-20" / ckpt.MARKER).write_text("{not json")  # torn marker
+    assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-5"
+    assert ckpt.resolve_resume(tmp_path, "latest") == tmp_path / "checkpoints" / "step-5"
+    assert ckpt.resolve_resume(tmp_path / "empty", "latest") is None  # nothing yet: fresh start
+
+
+def test_prune_only_counts_complete_checkpoints(tmp_path):
+    for step in (1, 2, 3):
+        make_checkpoint(tmp_path, step)
+    make_checkpoint(tmp_path, 4, complete=False)
+    (tmp_path / "checkpoints" / ".tmp-step-5").mkdir()
+    ckpt.prune_checkpoints(tmp_path, 2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-2", "step-3", "step-4"]  # incomplete step-4 untouched, temp removed, oldest pruned
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ckpt.resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step-99"))
+    bad = make_checkpoint(tmp_path, 7, complete=False)
+    with pytest.raises(UserError, match="incomplete"):
+        ckpt.resolve_resume(tmp_path, str(bad))
+    with pytest.raises(UserError, match="does not exist"):
+        train_toy(tmp_path / "run", resume=str(tmp_path / "nope"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing written
+
+
+def test_stop_signals_restore_previous_handlers():
+    def mine(signum, frame):
+        raise AssertionError("not expected")
+
+    before = signal.signal(signal.SIGTERM, mine)
+    int_before = signal.getsignal(signal.SIGINT)
+    try:
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.received == "SIGTERM"
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.received == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C aborts at once
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is int_before
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def write_folder(root: Path, rows: list[dict] | None, images: dict[str, Image.Image | bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        if isinstance(image, bytes):
+            (root / name).write_bytes(image)
+        else:
+            image.save(root / name)
+    if rows is not None:
+        (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("rows", "images", "kwargs", "message"),
+    [
+        (None, {}, {}, "has no images and no metadata.jsonl"),
+        (None, {"a.png": Image.new("RGB", (8, 8))}, {}, "1 images but no metadata.jsonl"),
+        ([{"file_name": "a.png", "text": ""}], {"a.png": Image.new("RGB", (8, 8))}, {}, "line 1 .*has no caption"),
+        ([{"file_name": "a.png", "caption": "x"}], {"a.png": Image.new("RGB", (8, 8))}, {}, "no 'text' column .*caption-column"),
+        ([{"image": "a.png", "text": "x"}], {"a.png": Image.new("RGB", (8, 8))}, {}, "no 'file_name' column"),
+        ([{"file_name": "b.png", "text": "x"}], {}, {}, "image .*b.png does not exist"),
+        ([], {}, {}, "has no rows"),
+    ],
+)
+def test_dataset_errors(tmp_path, rows, images, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        data.read_imagefolder(write_folder(tmp_path / "ds", rows, images), **kwargs)
+
+
+def test_dataset_missing_folder_bad_json_and_corrupt_image(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.read_imagefolder(tmp_path / "missing")
+    folder = write_folder(tmp_path / "ds", None, {"bad.png": b"\x89PNG\r\n\x1a\n garbage"})
+    (folder / "metadata.jsonl").write_text('{"file_name": "bad.png", "text": "x"}\n{oops\n')
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        data.read_imagefolder(folder)
+    rows = data.read_imagefolder(folder, max_rows=1)
+    with pytest.raises(UserError, match=r"bad\.png cannot be read"):
+        data.load_images([r["file_name"] for r in rows], 8, True)
+
+
+def test_images_tokens_and_augmentation(tmp_path):
+    folder = write_folder(
+        tmp_path / "ds", [{"file_name": "w.png", "text": "wide"}], {"w.png": Image.new("RGB", (40, 20), (255, 0, 0))}
+    )
+    rows = data.read_imagefolder(folder)
+    (cropped,) = data.load_images([r["file_name"] for r in rows], 16, center_crop=True)
+    (resized,) = data.load_images([r["file_name"] for r in rows], 16, center_crop=False)
+    assert cropped.shape == (3, 16, 16) and resized.shape == (3, 16, 32) and cropped.dtype == torch.uint8
+    pixels = data.to_pixels([resized], 16, False, True, torch.Generator().manual_seed(0))
+    assert pixels.shape == (1, 3, 16, 16) and pixels[0, 0].min() > 0.99 and pixels[0, 1].max() < -0.99
+    batch = data.collate([{"index": 0, "pixels": cropped}, {"index": 1, "pixels": cropped}])
+    assert batch["pixels"].shape == (2, 3, 16, 16) and batch["index"].tolist() == [0, 1]
+
+
+def test_plots(tmp_path):
+    grid = labelled_grid([("a red circle on a blue background, a long label that wraps", Image.new("RGB", (64, 64)))] * 3, columns=2, title="step 5")
+    assert grid.width >= 2 * 64 and grid.height > 2 * 64
+    curve = loss_curve(list(range(1, 101)), [1 / s for s in range(1, 101)])
+    assert curve.size == (720, 420)
+    assert len(set(curve.getdata())) > 3  # something was drawn
+    assert loss_curve([1], [float("nan")]).size == (720, 420)
