@@ -81,4 +81,4 @@ def main() -> None:
     app()
 
 
-from sdkit.cli import commands  # noqa: E402,F401 - registers the commands on `app`
+from sdkit.cli import commands, tasks  # noqa: E402,F401 - registers the commands on `app`

@@ -102,3 +102,4 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """Typed, reproducible Stable Diffusion generation and fine-tuning on Hugging Face diffusers."""
+

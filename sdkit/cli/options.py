@@ -57,7 +57,8 @@ def schema_parameters(schema: type[BaseModel], exclude: tuple[str, ...] = ()) ->
         if cli.get("argument"):
             info = typer.Argument(help=_help(field), show_default=False)
         else:
-            info = typer.Option(flag_name(name), *cli.get("flags", []), help=_help(field), show_default=False)
+            main = cli.get("name") or flag_name(name)
+            info = typer.Option(main, *cli.get("flags", []), help=_help(field), show_default=False)
         annotation = Annotated[typing.Optional[_cli_type(field.annotation)], info]  # noqa: UP045 - typer needs it
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
     return params
@@ -68,7 +69,7 @@ def flags_of(schema: type[BaseModel]) -> dict[str, str]:
     out = {}
     for name, field in schema.model_fields.items():
         cli = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
-        out[name] = name.upper() if cli.get("argument") else flag_name(name)
+        out[name] = name.upper() if cli.get("argument") else cli.get("name") or flag_name(name)
     return out
 
 

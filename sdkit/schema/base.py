@@ -18,9 +18,9 @@ class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def cli(*flags: str, argument: bool = False, hidden: bool = False) -> dict[str, Any]:
-    """`json_schema_extra` for a field: extra flag names, positional argument, or hidden from the CLI."""
-    return {"cli": {"flags": list(flags), "argument": argument, "hidden": hidden}}
+def cli(*flags: str, argument: bool = False, hidden: bool = False, name: str | None = None) -> dict[str, Any]:
+    """`json_schema_extra` for a field: extra flag names, its main flag `name`, positional argument, or hidden."""
+    return {"cli": {"flags": list(flags), "argument": argument, "hidden": hidden, "name": name}}
 
 
 class Placement(Schema):

@@ -1,0 +1,60 @@
+"""data, train and eval commands: each derives its options from its task schema and calls the task's `run`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sdkit.cli import app, build_recipe, guarded
+from sdkit.cli.commands import RECIPE_PARAM
+from sdkit.cli.options import schema_parameters, with_parameters
+from sdkit.schema.data import ShapesDataRecipe
+from sdkit.schema.eval import EvalShapesRecipe
+from sdkit.schema.train import TrainTextToImageRecipe
+
+data_app = typer.Typer(help="Make datasets: `sdkit data shapes` writes the synthetic shapes world.", no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).", no_args_is_help=True)
+eval_app = typer.Typer(help="Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+def register(group: typer.Typer, name: str, schema: type, task: str, runner: Callable[[Any], Any], doc: str) -> None:
+    """Add `sdkit <group> <name>`: flags from `schema`, plus --recipe; resolved recipe → `runner` (imported lazily)."""
+
+    def command(recipe: Path | None = None, **given: Any) -> None:
+        runner(build_recipe(schema, recipe, given, task=task))
+
+    command.__doc__ = doc
+    command.__name__ = name.replace("-", "_")
+    group.command(name)(with_parameters(guarded(command), [*schema_parameters(schema), RECIPE_PARAM]))
+
+
+def _data_shapes(recipe: ShapesDataRecipe) -> None:
+    from sdkit.data.shapes import run
+
+    print(run(recipe))
+
+
+def _train_text_to_image(recipe: TrainTextToImageRecipe) -> None:
+    from sdkit.recipes.train_text_to_image import run
+
+    print(run(recipe))
+
+
+def _eval_shapes(recipe: EvalShapesRecipe) -> None:
+    from sdkit.recipes.eval_shapes import run
+
+    run(recipe)
+
+
+register(data_app, "shapes", ShapesDataRecipe, "data-shapes", _data_shapes,
+         "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).")
+register(train_app, "text-to-image", TrainTextToImageRecipe, "train-text-to-image", _train_text_to_image,
+         "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).")
+register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
+         "Generate from held-out prompts and seeds and score colour, shape and background adherence.")
