@@ -102,7 +102,7 @@ def judge(pipe, recipe: EvalShapesRecipe, world, cfg: float, advance):
         with torch.inference_mode():
             images = pipe([prompt_for(recipe, s) for s in batch], num_inference_steps=recipe.steps, guidance_scale=cfg,
                           width=side, height=side, generator=generators).images
-        for sample, image in zip(batch, images):
+        for sample, image in zip(batch, images, strict=True):
             expected = sample.fields() | ({"shape": recipe.expect_shape} if recipe.expect_shape else {})
             detection = score_image(image)
             verdict = score_against(expected, detection)
