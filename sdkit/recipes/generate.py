@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdkit import device, schedulers
+from sdkit.adapters import apply_embeddings, apply_loras, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, load_pipeline, resolve_model
@@ -48,6 +49,10 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
         check_same_size(init, mask)
+    for lora in recipe.lora:
+        check_file(lora.path, "--lora", recipe.allow_pickle)
+    for emb in recipe.embedding:
+        check_file(emb.path, "--embedding", recipe.allow_pickle)
     model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
     return model, Inputs(init, mask)
 
@@ -60,6 +65,9 @@ def run(recipe: GenerateRecipe) -> list[Result]:
 
     # 2. load the pipeline; img2img and inpaint share its modules through from_pipe
     base = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=recipe.allow_pickle)
+    apply_embeddings(base, recipe.embedding)
+    if recipe.lora:
+        apply_loras(base, recipe.lora, fuse=recipe.fuse_lora)
     pipe = for_mode(base, recipe.mode)
     device.place(pipe, placement)
     pipe.set_progress_bar_config(disable=True)

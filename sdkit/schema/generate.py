@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from sdkit.schema.adapters import EmbeddingRef, LoraRef
 from sdkit.schema.base import Placement, cli
 
 
@@ -48,6 +49,13 @@ class GenerateRecipe(Placement):
     )
     mask: Path | None = Field(None, description="Inpaint mask (white = repaint), the same size as the init image.")
     out: Path = Field(Path("outputs"), description="Output folder; files are numbered 00001-<seed>.png and never overwritten.", json_schema_extra=cli("-o"))
+    lora: list[LoraRef] = Field(
+        [], description="LoRA file as PATH[:WEIGHT] (diffusers, kohya or A1111 format); repeat for several adapters."
+    )
+    embedding: list[EmbeddingRef] = Field(
+        [], description="Textual-inversion embedding as PATH[:TOKEN] (diffusers or A1111 format); repeatable."
+    )
+    fuse_lora: bool = Field(False, description="Fuse the LoRAs into the weights (faster sampling; same image up to float error).")
     allow_pickle: bool = Field(
         False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."
     )
