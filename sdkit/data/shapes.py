@@ -1,0 +1,359 @@
+"""The synthetic "shapes world": one flat shape on a flat background, captioned in a tiny regular language.
+
+It gives sdkit a dataset it can generate offline, train a tiny model on, and score automatically
+(`sdkit.eval.scorer` reads the images back without knowing how they were made).
+
+World
+  * shapes: `BASE_SHAPES` (circle, square, triangle, diamond) form the training set; `NEW_SHAPES` (star) render but are
+    left out of it, to be taught later as a new concept. Every shape fills a `size` x `size` box centred on (x, y):
+    circle = diameter, square = side, triangle = base and height (apex up), diamond = both diagonals, star = a 5-point
+    star whose outer points lie on the circle of diameter `size` (inner radius `STAR_INNER_RATIO` of the outer).
+  * colours: `COLORS` (name -> sRGB), chosen at least ~45 CIELAB dE76 apart. The background is drawn from the same list
+    and always differs from the object colour.
+  * patterns: "solid" (the base set) or "striped" (new concept): diagonal stripes, period `size_px / 8`, of the object
+    colour (5/8 of each period) and its darker shade (each channel halved), anchored at the object's centre. The
+    shade is never a palette colour, and it is always darker than the object colour, which is how the scorer tells them
+    apart.
+  * `HELD_OUT` colour x shape combinations never appear in the "train" split (each colour and shape still does), so
+    generating them measures composition.
+  * captions: "a red circle on a blue background" / "an orange striped star on a white background" (`caption()`);
+    `vocabulary_words()` lists every word a tokenizer needs (plus "sks" and "shape" for the concept-learning recipes).
+
+Run: `sdkit data shapes -o DIR --n 1000 --seed 0` (or `run(ShapesDataRecipe(...))`, or `write_dataset(...)`).
+Same seed => byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sdkit.errors import UserError
+
+if TYPE_CHECKING:
+    from sdkit.schema.data import ShapesDataRecipe
+
+BASE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+NEW_SHAPES: tuple[str, ...] = ("star",)
+SHAPES: tuple[str, ...] = BASE_SHAPES + NEW_SHAPES
+PATTERNS: tuple[str, ...] = ("solid", "striped")
+COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "red": (220, 40, 40),
+        "orange": (245, 140, 20),
+        "yellow": (240, 215, 40),
+        "green": (40, 165, 65),
+        "blue": (30, 100, 225),
+        "purple": (160, 40, 170),
+        "white": (245, 245, 245),
+    }
+)
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("blue", "circle"),
+    ("yellow", "square"),
+    ("purple", "diamond"),
+)
+SPLITS: tuple[str, ...] = ("train", "heldout", "all")
+CONCEPT_TOKEN = "sks"
+STAR_INNER_RATIO = 0.45
+STRIPE_ON_FRACTION = 5 / 8
+SIZE_RANGE = (0.35, 0.65)  # object size as a fraction of the image side
+_SUPERSAMPLE = 4
+
+
+def shade(color: str) -> tuple[int, int, int]:
+    """The darker partner of `color` in striped fills: every channel halved."""
+    return tuple(v // 2 for v in COLORS[color])  # type: ignore[return-value]
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(shape: str, color: str, background: str, pattern: str = "solid") -> str:
+    """The caption of a scene, e.g. "an orange striped star on a white background"."""
+    stripe = "striped " if pattern == "striped" else ""
+    return f"{_article(color)} {color} {stripe}{shape} on {_article(background)} {background} background"
+
+
+def vocabulary_words() -> list[str]:
+    """Every word a caption can contain (and the concept words "sks", "shape"), sorted."""
+    return sorted({"a", "an", "on", "background", "shape", "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One scene: `x`, `y` (centre) and `size` are pixels on a `canvas` x `canvas` image."""
+
+    shape: str
+    color: str
+    background: str
+    x: int
+    y: int
+    size: int
+    pattern: str = "solid"
+    canvas: int = 64
+
+    def __post_init__(self) -> None:
+        _check_names("shape", [self.shape], SHAPES)
+        _check_names("color", [self.color, self.background], COLOR_NAMES)
+        _check_names("pattern", [self.pattern], PATTERNS)
+        if self.color == self.background:
+            raise UserError(f"object and background are both {self.color}: pick a different background colour")
+        half = self.size / 2
+        if not (
+            0 <= self.x - half and self.x + half <= self.canvas and 0 <= self.y - half and self.y + half <= self.canvas
+        ):
+            raise UserError(
+                f"shape at ({self.x}, {self.y}) of size {self.size} leaves the {self.canvas} px canvas: move or shrink it"
+            )
+
+    @property
+    def text(self) -> str:
+        """The caption, e.g. "a red striped circle on an orange background"."""
+        return caption(self.shape, self.color, self.background, self.pattern)
+
+    def fields(self) -> dict[str, object]:
+        """The structured metadata columns (without the canvas size, which the image itself carries)."""
+        out = asdict(self)
+        del out["canvas"]
+        return out
+
+
+def _check_names(kind: str, names: Iterable[str], valid: Sequence[str]) -> None:
+    for name in names:
+        if name not in valid:
+            raise UserError(f"unknown {kind} {name!r}: choose from {', '.join(valid)}")
+
+
+def _outline(shape: str, cx: float, cy: float, size: float) -> list[tuple[float, float]]:
+    """Polygon vertices of a non-circle shape (image coordinates, y down)."""
+    h = size / 2
+    if shape == "square":
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "triangle":
+        return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)]
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            r = h if k % 2 == 0 else h * STAR_INNER_RATIO
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+        return pts
+    raise UserError(f"unknown shape {shape!r}: choose from {', '.join(SHAPES)}")
+
+
+def _hires_mask(sample: Sample, side: int) -> np.ndarray:
+    """Boolean coverage of the shape on a `side` x `side` supersampled grid."""
+    scale = side / sample.canvas
+    cx, cy, s = sample.x * scale, sample.y * scale, sample.size * scale
+    img = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(img)
+    if sample.shape == "circle":
+        # PIL includes the far edge pixel: shrink the box by one supersampled pixel to stay symmetric.
+        draw.ellipse([cx - s / 2, cy - s / 2, cx + s / 2 - 1, cy + s / 2 - 1], fill=255)
+    else:
+        draw.polygon([(px - 0.5, py - 0.5) for px, py in _outline(sample.shape, cx, cy, s)], fill=255)
+    return np.asarray(img) > 127
+
+
+def _render_arrays(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 image, boolean mask) at `size` px, anti-aliased by 4x supersampling and box downsampling."""
+    side = size * _SUPERSAMPLE
+    mask = _hires_mask(sample, side)
+    rgb = np.empty((side, side, 3), np.uint8)
+    rgb[:] = COLORS[sample.background]
+    rgb[mask] = COLORS[sample.color]
+    if sample.pattern == "striped":
+        scale = side / sample.canvas
+        coords = (np.arange(side) + 0.5) / scale  # pixel centres in canvas units
+        diag = (coords[None, :] - sample.x) + (coords[:, None] - sample.y)
+        period = sample.canvas / 8
+        on = np.mod(diag / math.sqrt(2), period) < STRIPE_ON_FRACTION * period
+        rgb[mask & ~on] = shade(sample.color)
+    image = Image.fromarray(rgb).resize((size, size), Image.Resampling.BOX)
+    small_mask = (
+        np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BOX)) >= 128
+    )
+    return np.asarray(image), small_mask
+
+
+def render(sample: Sample, size: int | None = None) -> Image.Image:
+    """The scene as an RGB image of `size` px (default: the sample's canvas; geometry scales with it)."""
+    rgb, _ = _render_arrays(sample, size or sample.canvas)
+    return Image.fromarray(rgb)
+
+
+def render_mask(sample: Sample, size: int | None = None) -> Image.Image:
+    """Binary ("L", 0/255) mask of the shape at `size` px: pixels at least half covered."""
+    _, mask = _render_arrays(sample, size or sample.canvas)
+    return Image.fromarray(mask.astype(np.uint8) * 255)
+
+
+def canny(image: Image.Image | np.ndarray, low: int = 100, high: int = 200) -> Image.Image:
+    """Canny edges as an RGB image, computed on the colour image like controlnet-aux's CannyDetector."""
+    import cv2
+
+    edges = cv2.Canny(
+        np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)), low, high
+    )
+    return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
+
+
+def allowed_combos(shapes: Sequence[str], colors: Sequence[str], split: str = "train") -> list[tuple[str, str]]:
+    """(colour, shape) pairs a split may draw: train excludes `HELD_OUT`, heldout is only those, all is everything."""
+    _check_names("split", [split], SPLITS)
+    held = set(HELD_OUT)
+    combos = [(c, s) for s in shapes for c in colors]
+    if split == "train":
+        return [p for p in combos if p not in held]
+    if split == "heldout":
+        return [p for p in combos if p in held]
+    return combos
+
+
+def sample_world(
+    rng: np.random.Generator,
+    n: int,
+    shapes: Sequence[str] = BASE_SHAPES,
+    colors: Sequence[str] = COLOR_NAMES,
+    backgrounds: Sequence[str] | None = None,
+    split: str = "train",
+    pattern: str = "solid",
+    canvas: int = 64,
+) -> list[Sample]:
+    """`n` random scenes. `pattern` is "solid", "striped" or "any" (each scene 50/50)."""
+    _check_names("shape", shapes, SHAPES)
+    _check_names("color", colors, COLOR_NAMES)
+    backgrounds = COLOR_NAMES if backgrounds is None else tuple(backgrounds)
+    _check_names("background", backgrounds, COLOR_NAMES)
+    _check_names("pattern", [pattern], (*PATTERNS, "any"))
+    combos = allowed_combos(shapes, colors, split)
+    if not combos:
+        raise UserError(
+            f"split {split!r} has no colour x shape combination within the chosen shapes and colours: widen --shapes/--colors or pick another split"
+        )
+    for color in {c for c, _ in combos}:
+        if not [b for b in backgrounds if b != color]:
+            raise UserError(f"no background differs from {color}: add another background colour")
+    lo, hi = round(SIZE_RANGE[0] * canvas), round(SIZE_RANGE[1] * canvas)
+    margin = max(1, round(0.03 * canvas))
+    out = []
+    for _ in range(n):
+        color, shape = combos[int(rng.integers(len(combos)))]
+        bgs = [b for b in backgrounds if b != color]
+        background = bgs[int(rng.integers(len(bgs)))]
+        size = int(rng.integers(lo, hi + 1))
+        reach = math.ceil(size / 2) + margin
+        x, y = (int(v) for v in rng.integers(reach, canvas - reach + 1, size=2))
+        pat = pattern if pattern != "any" else PATTERNS[int(rng.integers(2))]
+        out.append(Sample(shape, color, background, x, y, size, pat, canvas))
+    return out
+
+
+def write_dataset(
+    out_dir: str | os.PathLike[str],
+    n: int,
+    seed: int = 0,
+    size: int = 64,
+    shapes: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    backgrounds: Sequence[str] | None = None,
+    split: str = "train",
+    pattern: str = "solid",
+    conditioning: bool = False,
+) -> Path:
+    """Write `n` scenes as a Hugging Face imagefolder dataset and return its directory.
+
+    Layout: `images/NNNNN.png` + `metadata.jsonl` (`file_name`, `text`, shape, color, background, x, y, size,
+    pattern); with `conditioning`, also `conditioning/NNNNN.png` (Canny edges of the image, column
+    `conditioning_image`) and `masks/NNNNN.png` (binary shape mask, column `mask_image`), as diffusers'
+    train_controlnet example expects. Written into a temporary sibling directory, renamed into place when complete.
+    """
+    out = Path(out_dir)
+    if n < 1:
+        raise UserError(f"n must be at least 1 (got {n}): ask for one image or more")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            f"{out} already exists and is not an empty directory: choose a new output directory or remove it"
+        )
+    samples = sample_world(
+        np.random.default_rng(seed),
+        n,
+        shapes=BASE_SHAPES if shapes is None else tuple(shapes),
+        colors=COLOR_NAMES if colors is None else tuple(colors),
+        backgrounds=backgrounds,
+        split=split,
+        pattern=pattern,
+        canvas=size,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_files(tmp, samples, size, conditioning)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _write_files(root: Path, samples: Sequence[Sample], size: int, conditioning: bool) -> None:
+    width = max(5, len(str(len(samples) - 1)))
+    subdirs = ("images", "conditioning", "masks") if conditioning else ("images",)
+    for sub in subdirs:
+        (root / sub).mkdir()
+    lines = []
+    for i, sample in enumerate(samples):
+        name = f"{i:0{width}d}.png"
+        rgb, mask = _render_arrays(sample, size)
+        Image.fromarray(rgb).save(root / "images" / name)
+        row: dict[str, object] = {"file_name": f"images/{name}", "text": sample.text, **sample.fields()}
+        if conditioning:
+            canny(rgb).save(root / "conditioning" / name)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / name)
+            row["conditioning_image"] = f"conditioning/{name}"
+            row["mask_image"] = f"masks/{name}"
+        lines.append(json.dumps(row))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_metadata(dataset_dir: str | os.PathLike[str]) -> list[dict[str, object]]:
+    """The rows of a dataset's metadata.jsonl."""
+    path = Path(dataset_dir) / "metadata.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} not found: point at a directory written by `sdkit data shapes`")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run(recipe: ShapesDataRecipe) -> Path:
+    """Write the dataset a `ShapesDataRecipe` describes; returns its directory."""
+    return write_dataset(
+        recipe.out,
+        recipe.n,
+        seed=recipe.seed,
+        size=recipe.size,
+        shapes=recipe.shapes,
+        colors=recipe.colors,
+        backgrounds=recipe.backgrounds,
+        split=recipe.split,
+        pattern=recipe.pattern,
+        conditioning=recipe.conditioning,
+    )
