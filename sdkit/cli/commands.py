@@ -103,3 +103,41 @@ def root(
 ) -> None:
     """Typed, reproducible Stable Diffusion generation and fine-tuning on Hugging Face diffusers."""
 
+
+
+@app.command("run")
+@guarded
+def run_command(
+    files: Annotated[list[Path], typer.Argument(help="Recipe YAML files (one job, or jobs: with defaults:).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")] = None,  # noqa: UP045
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")] = False,
+    print_: Annotated[bool, typer.Option("--print", help="Print the fully resolved jobs as YAML and exit.")] = False,
+) -> None:
+    """Run YAML recipe files: every job is validated before the first one runs; one model load per run."""
+    import yaml
+
+    from sdkit.jobs import dry_run as check_jobs
+    from sdkit.jobs import load_file, run_jobs
+
+    jobs = [job for file in files for job in load_file(file, tuple(set_ or ()))]
+    if print_:
+        print(yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end="")
+        return
+    if dry_run:
+        check_jobs(jobs)
+        print(f"ok: {len(jobs)} job(s) valid", file=sys.stderr)
+        return
+    run_jobs(jobs)
+
+
+@app.command("schema")
+@guarded
+def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None) -> None:  # noqa: UP045
+    """Print the JSON Schema of a task's recipe (for editor completion of recipe files)."""
+    import json
+
+    from sdkit.tasks import TASKS, get_task
+
+    tasks = [get_task(task)] if task else list(TASKS)
+    schemas = {t.name: t.schema.model_json_schema() for t in tasks}
+    print(json.dumps(schemas[task] if task else schemas, indent=2))

@@ -30,44 +30,32 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sdkit.data.world import (  # noqa: F401 - re-exported: the world's vocabulary
+    BASE_SHAPES,
+    COLOR_NAMES,
+    COLORS,
+    CONCEPT_TOKEN,
+    HELD_OUT,
+    NEW_SHAPES,
+    PATTERNS,
+    SHAPES,
+    SPLITS,
+    caption,
+    vocabulary_words,
+)
 from sdkit.errors import UserError
 
 if TYPE_CHECKING:
     from sdkit.schema.data import ShapesDataRecipe
 
-BASE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
-NEW_SHAPES: tuple[str, ...] = ("star",)
-SHAPES: tuple[str, ...] = BASE_SHAPES + NEW_SHAPES
-PATTERNS: tuple[str, ...] = ("solid", "striped")
-COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
-    {
-        "red": (220, 40, 40),
-        "orange": (245, 140, 20),
-        "yellow": (240, 215, 40),
-        "green": (40, 165, 65),
-        "blue": (30, 100, 225),
-        "purple": (160, 40, 170),
-        "white": (245, 245, 245),
-    }
-)
-COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-HELD_OUT: tuple[tuple[str, str], ...] = (
-    ("red", "triangle"),
-    ("blue", "circle"),
-    ("yellow", "square"),
-    ("purple", "diamond"),
-)
-SPLITS: tuple[str, ...] = ("train", "heldout", "all")
-CONCEPT_TOKEN = "sks"
 STAR_INNER_RATIO = 0.45
 STRIPE_ON_FRACTION = 5 / 8
 SIZE_RANGE = (0.35, 0.65)  # object size as a fraction of the image side
@@ -77,21 +65,6 @@ _SUPERSAMPLE = 4
 def shade(color: str) -> tuple[int, int, int]:
     """The darker partner of `color` in striped fills: every channel halved."""
     return tuple(v // 2 for v in COLORS[color])  # type: ignore[return-value]
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def caption(shape: str, color: str, background: str, pattern: str = "solid") -> str:
-    """The caption of a scene, e.g. "an orange striped star on a white background"."""
-    stripe = "striped " if pattern == "striped" else ""
-    return f"{_article(color)} {color} {stripe}{shape} on {_article(background)} {background} background"
-
-
-def vocabulary_words() -> list[str]:
-    """Every word a caption can contain (and the concept words "sks", "shape"), sorted."""
-    return sorted({"a", "an", "on", "background", "shape", "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})
 
 
 @dataclass(frozen=True)
@@ -357,3 +330,14 @@ def run(recipe: ShapesDataRecipe) -> Path:
         pattern=recipe.pattern,
         conditioning=recipe.conditioning,
     )
+
+
+def run_once(recipe: ShapesDataRecipe) -> Path:
+    """`run`, unless `recipe.out` already holds a complete dataset of `recipe.n` rows (re-running a recipe file)."""
+    import sys
+
+    metadata = Path(recipe.out) / "metadata.jsonl"
+    if metadata.is_file() and len(metadata.read_text().splitlines()) == recipe.n:
+        print(f"dataset {recipe.out} already written ({recipe.n} rows): kept", file=sys.stderr)
+        return Path(recipe.out)
+    return run(recipe)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sdkit import device, schedulers
-from sdkit.models import load_pipeline, resolve_model
+from sdkit.models import resolve_model
+from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar
 from sdkit.schema.eval import EvalShapesRecipe
 
@@ -36,7 +37,7 @@ class Score:
     heldout_all: float | None
 
 
-def run(recipe: EvalShapesRecipe) -> list[Score]:
+def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Score]:
     from sdkit.data.shapes import BASE_SHAPES, sample_world
     from sdkit.outputs import check_output_dir
 
@@ -56,10 +57,9 @@ def run(recipe: EvalShapesRecipe) -> list[Score]:
         sets["heldout"] = sample_world(rng, recipe.n, shapes=shapes, split="heldout", pattern=recipe.pattern)
 
     # 2. load the model once
-    pipe = load_pipeline(model, torch_dtype=placement.dtype)
-    device.place(pipe, placement)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = schedulers.build(recipe.scheduler, pipe.scheduler.config)
+    loaded = (cache if cache is not None else PipelineCache()).get(model, placement)
+    pipe = loaded.pipe
+    pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
 
     # 3. generate and score every set at every guidance value
     scores, samples = [], []

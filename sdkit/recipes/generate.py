@@ -8,6 +8,7 @@ Image k of a run is generated alone with seed + k, so every image can be replaye
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from sdkit import device, schedulers
 from sdkit.adapters import apply_embeddings, apply_loras, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
-from sdkit.models import ModelRef, load_pipeline, resolve_model
+from sdkit.models import ModelRef, resolve_model
 from sdkit.outputs import check_output_dir, infotext, write_png
+from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
 from sdkit.schema.generate import GenerateRecipe
 
@@ -57,42 +59,57 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     return model, Inputs(init, mask)
 
 
-def run(recipe: GenerateRecipe) -> list[Result]:
+def run(recipe: GenerateRecipe, cache: PipelineCache | None = None) -> list[Result]:
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
     seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
 
-    # 2. load the pipeline; img2img and inpaint share its modules through from_pipe
-    base = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=recipe.allow_pickle)
-    apply_embeddings(base, recipe.embedding)
-    if recipe.lora:
-        apply_loras(base, recipe.lora, fuse=recipe.fuse_lora)
-    pipe = for_mode(base, recipe.mode)
-    device.place(pipe, placement)
-    pipe.set_progress_bar_config(disable=True)
+    # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
+    loaded = (cache if cache is not None else PipelineCache()).get(model, placement, allow_pickle=recipe.allow_pickle)
+    base = loaded.pipe
+    with adapters_applied(base, recipe):
+        pipe = for_mode(base, recipe.mode)
+        pipe.set_progress_bar_config(disable=True)
 
-    # 3. the sampler, built from the model's own scheduler config
-    pipe.scheduler = schedulers.build(recipe.scheduler, base.scheduler.config)
+        # 3. the sampler, built from the model's own scheduler config
+        pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
 
-    # 4. size and inputs
-    width, height = output_size(recipe, pipe, inputs.init)
-    warn_truncated(pipe, recipe.prompt, "prompt")
-    warn_truncated(pipe, recipe.negative, "negative prompt")
-    call = call_kwargs(recipe, width, height, inputs)
-    fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
+        # 4. size and inputs
+        width, height = output_size(recipe, pipe, inputs.init)
+        warn_truncated(pipe, recipe.prompt, "prompt")
+        warn_truncated(pipe, recipe.negative, "negative prompt")
+        call = call_kwargs(recipe, width, height, inputs)
+        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
 
-    # 5. denoise and decode one image per seed, writing each as soon as it is done
-    results = []
-    steps = effective_steps(recipe)
-    with bar(f"{recipe.mode} {width}x{height}", steps * recipe.num_images) as advance:
-        for k in range(recipe.num_images):
-            image_recipe = recipe.model_copy(update={**fixed, "seed": seed + k})
-            image = denoise(pipe, call, seed + k, placement, advance)
-            path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height))
-            print(path, flush=True)
-            results.append(Result(path, seed + k, image, image_recipe))
+        # 5. denoise and decode one image per seed, writing each as soon as it is done
+        results = []
+        steps = effective_steps(recipe)
+        with bar(f"{recipe.mode} {width}x{height}", steps * recipe.num_images) as advance:
+            for k in range(recipe.num_images):
+                image_recipe = recipe.model_copy(update={**fixed, "seed": seed + k})
+                image = denoise(pipe, call, seed + k, placement, advance)
+                path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height))
+                print(path, flush=True)
+                results.append(Result(path, seed + k, image, image_recipe))
     return results
+
+
+@contextlib.contextmanager
+def adapters_applied(pipe, recipe: GenerateRecipe):
+    """LoRAs and embeddings on a (possibly shared) pipeline for one job, removed again afterwards."""
+    try:
+        apply_embeddings(pipe, recipe.embedding)
+        if recipe.lora:
+            apply_loras(pipe, recipe.lora, fuse=recipe.fuse_lora)
+        yield pipe
+    finally:
+        if recipe.lora:
+            if recipe.fuse_lora:
+                pipe.unfuse_lora()
+            pipe.unload_lora_weights()
+        if recipe.embedding:
+            pipe.unload_textual_inversion()
 
 
 def for_mode(base, mode: str):

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sdkit.data.shapes import COLOR_NAMES, SHAPES
-from sdkit.schema.base import Schema
+from sdkit.data.world import COLOR_NAMES, SHAPES
+from sdkit.schema.base import Schema, cli
 
 
 def _known(kind: str, names: list[str] | None, valid: tuple[str, ...]) -> list[str] | None:
@@ -27,7 +27,9 @@ def _known(kind: str, names: list[str] | None, valid: tuple[str, ...]) -> list[s
 class ShapesDataRecipe(Schema):
     """A synthetic shapes-world dataset in Hugging Face imagefolder layout."""
 
-    out: Path = Field(description="Output directory; must not exist or be empty. Written to a temp dir, then renamed.")
+    out: Path = Field(
+        description="Output directory; must not exist or be empty. Written to a temp dir, then renamed.", json_schema_extra=cli("-o")
+    )
     n: int = Field(ge=1, description="Number of images.")
     seed: int = Field(0, description="Random seed; the same seed writes byte-identical files.")
     size: int = Field(64, ge=32, le=512, multiple_of=8, description="Image side in pixels (multiple of 8, 32..512).")

@@ -1,0 +1,49 @@
+"""The shapes world's vocabulary: shapes, colours, patterns, held-out combinations and captions.
+
+Pure Python (no numpy), so schemas and the CLI can import it at start-up; `sdkit.data.shapes` renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+BASE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+NEW_SHAPES: tuple[str, ...] = ("star",)
+SHAPES: tuple[str, ...] = BASE_SHAPES + NEW_SHAPES
+PATTERNS: tuple[str, ...] = ("solid", "striped")
+COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "red": (220, 40, 40),
+        "orange": (245, 140, 20),
+        "yellow": (240, 215, 40),
+        "green": (40, 165, 65),
+        "blue": (30, 100, 225),
+        "purple": (160, 40, 170),
+        "white": (245, 245, 245),
+    }
+)
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+HELD_OUT: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("blue", "circle"),
+    ("yellow", "square"),
+    ("purple", "diamond"),
+)
+SPLITS: tuple[str, ...] = ("train", "heldout", "all")
+CONCEPT_TOKEN = "sks"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def caption(shape: str, color: str, background: str, pattern: str = "solid") -> str:
+    """The caption of a scene, e.g. "an orange striped star on a white background"."""
+    stripe = "striped " if pattern == "striped" else ""
+    return f"{_article(color)} {color} {stripe}{shape} on {_article(background)} {background} background"
+
+
+def vocabulary_words() -> list[str]:
+    """Every word a caption can contain (and the concept words "sks", "shape"), sorted."""
+    return sorted({"a", "an", "on", "background", "shape", "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})

@@ -1,0 +1,54 @@
+"""The task table: every task name a recipe file may use, with its schema and its runner (imported lazily).
+
+A literal table, not a registry: unknown names raise with the valid list. Each runner takes the task's validated
+recipe and returns what the job produced (a folder, a model, a list of results); `output_of` turns that into the
+path later jobs can reference as `${jobs.NAME.output}`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    schema_ref: str
+    runner_ref: str
+    output_field: str
+    uses_pipelines: bool = False
+
+    @property
+    def schema(self) -> type:
+        return _load(self.schema_ref)
+
+    def run(self, recipe: Any, **kwargs: Any) -> Any:
+        return _load(self.runner_ref)(recipe, **kwargs)
+
+    def output_of(self, recipe: Any, result: Any) -> str:
+        return str(result) if isinstance(result, (str, Path)) else str(getattr(recipe, self.output_field))
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+TASKS: tuple[Task, ...] = (
+    Task("generate", "sdkit.schema.generate:GenerateRecipe", "sdkit.recipes.generate:run", "out", uses_pipelines=True),
+    Task("eval", "sdkit.schema.eval:EvalShapesRecipe", "sdkit.recipes.eval_shapes:run", "out", uses_pipelines=True),
+    Task("data-shapes", "sdkit.schema.data:ShapesDataRecipe", "sdkit.data.shapes:run_once", "out"),
+    Task("train-text-to-image", "sdkit.schema.train:TrainTextToImageRecipe", "sdkit.recipes.train_text_to_image:run", "output_dir"),
+)
+
+
+def get_task(name: Any) -> Task:
+    for task in TASKS:
+        if task.name == name:
+            return task
+    raise UserError(f"unknown task {name!r}: use one of {', '.join(t.name for t in TASKS)}")
