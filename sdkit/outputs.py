@@ -73,6 +73,20 @@ def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, s
             os.unlink(tmp)
 
 
+def write_beside(image_path: Path, tag: str, image: Image.Image) -> Path:
+    """A companion PNG next to an output (e.g. the control map): `<stem>.<tag>.png`, written atomically."""
+    target = image_path.with_name(f"{image_path.stem}.{tag}.png")
+    fd, tmp = tempfile.mkstemp(prefix=".sdkit-", suffix=".png.tmp", dir=image_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
+
+
 def infotext(prompt: str, negative: str, fields: dict[str, Any]) -> str:
     """A1111's `parameters` text: prompt, `Negative prompt:` line, then `Key: value, ...`."""
     lines = [prompt]

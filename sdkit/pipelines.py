@@ -22,6 +22,7 @@ class Loaded:
 @dataclass
 class PipelineCache:
     entries: dict[tuple, Loaded] = field(default_factory=dict)
+    controlnets: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
 
     def get(self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False) -> Loaded:

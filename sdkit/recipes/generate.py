@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import device, schedulers
+from sdkit import conditioning, device, schedulers
 from sdkit.adapters import apply_embeddings, apply_loras, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_model
-from sdkit.outputs import check_output_dir, infotext, write_png
+from sdkit.outputs import check_output_dir, infotext, write_beside, write_png
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
 from sdkit.schema.generate import GenerateRecipe
@@ -55,6 +55,7 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
         check_file(lora.path, "--lora", recipe.allow_pickle)
     for emb in recipe.embedding:
         check_file(emb.path, "--embedding", recipe.allow_pickle)
+    conditioning.check_control_inputs(recipe)
     model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
     return model, Inputs(init, mask)
 
@@ -66,23 +67,28 @@ def run(recipe: GenerateRecipe, cache: PipelineCache | None = None) -> list[Resu
     seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
-    loaded = (cache if cache is not None else PipelineCache()).get(model, placement, allow_pickle=recipe.allow_pickle)
+    cache = cache if cache is not None else PipelineCache()
+    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle)
     base = loaded.pipe
+    width, height = output_size(recipe, base, inputs.init)
     with adapters_applied(base, recipe):
-        pipe = for_mode(base, recipe.mode)
+        # 3. ControlNets (loaded once per run) and their control maps at the output size
+        controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
+        pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
         pipe.set_progress_bar_config(disable=True)
 
-        # 3. the sampler, built from the model's own scheduler config
+        # 4. the sampler, built from the model's own scheduler config
         pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
 
-        # 4. size and inputs
-        width, height = output_size(recipe, pipe, inputs.init)
+        # 5. prompts and call arguments
         warn_truncated(pipe, recipe.prompt, "prompt")
         warn_truncated(pipe, recipe.negative, "negative prompt")
         call = call_kwargs(recipe, width, height, inputs)
+        if controls:
+            call.update(conditioning.call_kwargs(controls, recipe.mode))
         fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
 
-        # 5. denoise and decode one image per seed, writing each as soon as it is done
+        # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
         steps = effective_steps(recipe)
         with bar(f"{recipe.mode} {width}x{height}", steps * recipe.num_images) as advance:
@@ -92,6 +98,9 @@ def run(recipe: GenerateRecipe, cache: PipelineCache | None = None) -> list[Resu
                 path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height))
                 print(path, flush=True)
                 results.append(Result(path, seed + k, image, image_recipe))
+                if k == 0:
+                    for i, control in enumerate(controls):
+                        write_beside(path, f"control-{i}-{recipe.control[i].type}", control.image)
     return results
 
 
@@ -112,14 +121,18 @@ def adapters_applied(pipe, recipe: GenerateRecipe):
             pipe.unload_textual_inversion()
 
 
-def for_mode(base, mode: str):
-    """The pipeline for txt2img / img2img / inpaint, sharing the loaded modules."""
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+def for_mode(base, mode: str, controlnet=None):
+    """The pipeline for txt2img / img2img / inpaint (with ControlNet if given), sharing the loaded modules."""
+    import diffusers
 
-    if mode == "txt2img":
+    if mode == "txt2img" and controlnet is None:
         return base
-    auto = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
-    return auto.from_pipe(base)
+    auto = {
+        "txt2img": diffusers.AutoPipelineForText2Image,
+        "img2img": diffusers.AutoPipelineForImage2Image,
+        "inpaint": diffusers.AutoPipelineForInpainting,
+    }[mode]
+    return auto.from_pipe(base, **({"controlnet": controlnet} if controlnet is not None else {}))
 
 
 def output_size(recipe: GenerateRecipe, pipe, init: Image.Image | None) -> tuple[int, int]:

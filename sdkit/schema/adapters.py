@@ -49,3 +49,34 @@ class EmbeddingRef(Schema):
             path, token = _split(value, str)
             return {"path": path} if token is None else {"path": path, "token": token}
         return value
+
+
+class ControlRef(Schema):
+    """One ControlNet condition; written `TYPE=IMAGE[@SCALE]` (IMAGE `map:PATH` = already a control map)."""
+
+    type: str = Field(description="Condition type: canny, openpose, depth, seg, normal, mlsd, hed, scribble, lineart, ...")
+    image: Path = Field(description="Source image (preprocessed automatically) or, with preprocessed, a ready control map.")
+    scale: float = Field(1.0, ge=0, le=5, description="controlnet_conditioning_scale for this condition.")
+    preprocessed: bool = Field(False, description="The image is already a control map: skip the preprocessor.")
+    start: float = Field(0.0, ge=0, le=1, description="Fraction of the steps at which this control starts.")
+    end: float = Field(1.0, ge=0, le=1, description="Fraction of the steps at which this control stops.")
+    model: str | None = Field(None, description="ControlNet to use (folder, hub id or alias); default: the standard one for the type and model family.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        kind, sep, rest = value.partition("=")
+        if not sep or not kind or not rest:
+            raise ValueError(f"control {value!r}: write TYPE=IMAGE[@SCALE], e.g. canny=photo.png@0.8")
+        image, at, scale = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        out: dict[str, Any] = {"type": kind.strip().lower(), "image": image if at else rest}
+        if at:
+            try:
+                out["scale"] = float(scale)
+            except ValueError:
+                raise ValueError(f"control {value!r}: the scale after @ must be a number") from None
+        if str(out["image"]).startswith("map:"):
+            out.update(image=str(out["image"])[4:], preprocessed=True)
+        return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from sdkit.schema.adapters import EmbeddingRef, LoraRef
+from sdkit.schema.adapters import ControlRef, EmbeddingRef, LoraRef
 from sdkit.schema.base import Placement, cli
 
 
@@ -55,6 +55,18 @@ class GenerateRecipe(Placement):
     embedding: list[EmbeddingRef] = Field(
         [], description="Textual-inversion embedding as PATH[:TOKEN] (diffusers or A1111 format); repeatable."
     )
+    control: list[ControlRef] = Field(
+        [],
+        description="ControlNet condition TYPE=IMAGE[@SCALE] (canny, openpose, depth, seg, normal, mlsd, hed, scribble, "
+        "lineart); IMAGE is preprocessed unless written map:PATH; repeat for multi-ControlNet.",
+    )
+    controlnet: list[str] = Field(
+        [], description="ControlNet model per type as TYPE=MODEL (folder, hub id or alias such as shapes-canny); repeatable."
+    )
+    control_preprocessed: bool = Field(False, description="Every --control image is already a control map.")
+    annotators_dir: Path | None = Field(
+        None, description="Local folder of preprocessor weights (lllyasviel/Annotators layout); default: the hub."
+    )
     fuse_lora: bool = Field(False, description="Fuse the LoRAs into the weights (faster sampling; same image up to float error).")
     allow_pickle: bool = Field(
         False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."
@@ -75,6 +87,19 @@ class GenerateRecipe(Placement):
         if self.mask is not None and self.init_image is None:
             raise ValueError("mask needs init_image: give --init-image with --mask (inpaint)")
         return self
+
+    @model_validator(mode="after")
+    def _controlnet_overrides(self) -> GenerateRecipe:
+        for item in self.controlnet:
+            kind, sep, model = item.partition("=")
+            if not sep or not kind or not model:
+                raise ValueError(f"controlnet {item!r}: write TYPE=MODEL, e.g. canny=lllyasviel/control_v11p_sd15_canny")
+        return self
+
+    def controlnet_for(self, control: ControlRef) -> str | None:
+        """The ControlNet model for one condition: its own `model`, else a --controlnet TYPE=MODEL override."""
+        overrides = dict(item.split("=", 1) for item in self.controlnet)
+        return control.model or overrides.get(control.type)
 
     @property
     def mode(self) -> str:
