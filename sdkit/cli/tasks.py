@@ -11,6 +11,7 @@ import typer
 from sdkit.cli import app, build_recipe, guarded
 from sdkit.cli.commands import RECIPE_PARAM
 from sdkit.cli.options import schema_parameters, with_parameters
+from sdkit.schema.control import PreprocessRecipe
 from sdkit.schema.data import ShapesDataRecipe
 from sdkit.schema.eval import EvalShapesRecipe
 from sdkit.schema.train import TrainTextToImageRecipe
@@ -46,6 +47,12 @@ def _train_text_to_image(recipe: TrainTextToImageRecipe) -> None:
     print(run(recipe))
 
 
+def _preprocess(recipe: PreprocessRecipe) -> None:
+    from sdkit.recipes.preprocess import run
+
+    print(run(recipe))
+
+
 def _eval_shapes(recipe: EvalShapesRecipe) -> None:
     from sdkit.recipes.eval_shapes import run
 
@@ -58,3 +65,6 @@ register(train_app, "text-to-image", TrainTextToImageRecipe, "train-text-to-imag
          "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).")
 register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
          "Generate from held-out prompts and seeds and score colour, shape and background adherence.")
+register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess,
+         "Turn a picture into a ControlNet control map: canny, openpose, depth, seg, normal, mlsd, hed, scribble, "
+         "lineart or shuffle (weights from the hub, or --annotators-dir / $SDKIT_ANNOTATORS).")
