@@ -11,7 +11,7 @@ import typer
 from sdkit.cli import app, build_recipe, guarded
 from sdkit.cli.commands import RECIPE_PARAM
 from sdkit.cli.options import schema_parameters, with_parameters
-from sdkit.schema.control import PreprocessRecipe
+from sdkit.schema.control import PreprocessRecipe, TrainControlNetRecipe
 from sdkit.schema.data import ShapesDataRecipe
 from sdkit.schema.eval import EvalShapesRecipe
 from sdkit.schema.train import TrainTextToImageRecipe
@@ -53,6 +53,12 @@ def _preprocess(recipe: PreprocessRecipe) -> None:
     print(run(recipe))
 
 
+def _train_controlnet(recipe: TrainControlNetRecipe) -> None:
+    from sdkit.recipes.train_controlnet import run
+
+    print(run(recipe))
+
+
 def _eval_shapes(recipe: EvalShapesRecipe) -> None:
     from sdkit.recipes.eval_shapes import run
 
@@ -68,3 +74,5 @@ register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
 register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess,
          "Turn a picture into a ControlNet control map: canny, openpose, depth, seg, normal, mlsd, hed, scribble, "
          "lineart or shuffle (weights from the hub, or --annotators-dir / $SDKIT_ANNOTATORS).")
+register(train_app, "controlnet", TrainControlNetRecipe, "train-controlnet", _train_controlnet,
+         "Train a ControlNet for a frozen SD 1.x/2.x pipeline (from_unet init) on images, control maps and captions.")
