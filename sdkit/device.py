@@ -28,14 +28,21 @@ class Placement:
         return next(k for k, v in DTYPES.items() if v == str(self.dtype).removeprefix("torch."))
 
 
+def process_state():
+    """accelerate's per-process state. Without CUDA it is asked for CPU explicitly: under `accelerate launch` that is
+    what makes several CPU processes join one gloo group (otherwise each would run alone)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available())
+
+
 def resolve(device: str = "auto", dtype: str = "auto", offload: str = "none") -> Placement:
     """Turn the user's device/dtype/offload words into torch objects, or raise a UserError saying what to change."""
     import torch
 
     if device == "auto":
-        from accelerate import PartialState
-
-        dev = PartialState().device
+        dev = process_state().device
     else:
         dev = torch.device(device)
         if dev.type == "cuda":

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit.errors import UserError
+from sdkit.errors import SdkitError, UserError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,8 +46,10 @@ def next_index(out: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, str]) -> Path:
-    """Write `image` as out/NNNNN-<suffix>.png with PNG text chunks, atomically and without overwriting."""
+def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, str], index: int | None = None) -> Path:
+    """Write `image` as out/NNNNN-<suffix>.png with PNG text chunks, atomically and without overwriting.
+
+    `index` fixes the number (planned runs: every process knows its names in advance); it is never bumped."""
     from PIL.PngImagePlugin import PngInfo
 
     out.mkdir(parents=True, exist_ok=True)
@@ -60,13 +62,16 @@ def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, s
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
-        index = next_index(out)
+        planned = index is not None
+        index = index if planned else next_index(out)
         while True:
             final = out / f"{index:05d}-{stem_suffix}.png"
             try:
                 os.link(tmp, final)
                 return final
             except FileExistsError:
+                if planned:
+                    raise SdkitError(f"{final} appeared while this run was writing: another process writes into {out}") from None
                 index += 1
     finally:
         with contextlib.suppress(FileNotFoundError):

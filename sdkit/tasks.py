@@ -22,6 +22,7 @@ class Task:
     runner_ref: str
     output_field: str
     uses_pipelines: bool = False
+    processes: str = "main"  # under accelerate launch: "main" (rank 0 only), "all" (DDP training), "split" (work shared)
 
     @property
     def schema(self) -> type:
@@ -40,10 +41,10 @@ def _load(ref: str) -> Any:
 
 
 TASKS: tuple[Task, ...] = (
-    Task("generate", "sdkit.schema.generate:GenerateRecipe", "sdkit.recipes.generate:run", "out", uses_pipelines=True),
+    Task("generate", "sdkit.schema.generate:GenerateRecipe", "sdkit.recipes.generate:run", "out", uses_pipelines=True, processes="split"),
     Task("eval", "sdkit.schema.eval:EvalShapesRecipe", "sdkit.recipes.eval_shapes:run", "out", uses_pipelines=True),
     Task("data-shapes", "sdkit.schema.data:ShapesDataRecipe", "sdkit.data.shapes:run_once", "out"),
-    Task("train-text-to-image", "sdkit.schema.train:TrainTextToImageRecipe", "sdkit.recipes.train_text_to_image:run", "output_dir"),
+    Task("train-text-to-image", "sdkit.schema.train:TrainTextToImageRecipe", "sdkit.recipes.train_text_to_image:run", "output_dir", processes="all"),
 )
 
 

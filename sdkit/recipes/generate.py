@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,11 +61,15 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     return model, Inputs(init, mask)
 
 
-def run(recipe: GenerateRecipe, cache: PipelineCache | None = None) -> list[Result]:
+def run(
+    recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None
+) -> list[Result]:
+    """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run)."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
     seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
+    todo = list(plan) if plan is not None else [(k, None) for k in range(recipe.num_images)]
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
     cache = cache if cache is not None else PipelineCache()
@@ -91,11 +96,11 @@ def run(recipe: GenerateRecipe, cache: PipelineCache | None = None) -> list[Resu
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
         steps = effective_steps(recipe)
-        with bar(f"{recipe.mode} {width}x{height}", steps * recipe.num_images) as advance:
-            for k in range(recipe.num_images):
+        with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) as advance:
+            for k, index in todo:
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed + k})
                 image = denoise(pipe, call, seed + k, placement, advance)
-                path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height))
+                path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height), index)
                 print(path, flush=True)
                 results.append(Result(path, seed + k, image, image_recipe))
                 if k == 0:
