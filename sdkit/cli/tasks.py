@@ -14,6 +14,7 @@ from sdkit.cli.options import schema_parameters, with_parameters
 from sdkit.schema.control import PreprocessRecipe, TrainControlNetRecipe
 from sdkit.schema.data import ShapesDataRecipe
 from sdkit.schema.eval import EvalShapesRecipe
+from sdkit.schema.finetune import TrainDreamBoothRecipe, TrainLoraRecipe, TrainTextualInversionRecipe
 from sdkit.schema.train import TrainTextToImageRecipe
 
 data_app = typer.Typer(help="Make datasets: `sdkit data shapes` writes the synthetic shapes world.", no_args_is_help=True)
@@ -59,6 +60,24 @@ def _train_controlnet(recipe: TrainControlNetRecipe) -> None:
     print(run(recipe))
 
 
+def _train_lora(recipe: TrainLoraRecipe) -> None:
+    from sdkit.recipes.train_lora import run
+
+    run(recipe).print_files()
+
+
+def _train_dreambooth(recipe: TrainDreamBoothRecipe) -> None:
+    from sdkit.recipes.train_dreambooth import run
+
+    run(recipe).print_files()
+
+
+def _train_textual_inversion(recipe: TrainTextualInversionRecipe) -> None:
+    from sdkit.recipes.train_textual_inversion import run
+
+    run(recipe).print_files()
+
+
 def _eval_shapes(recipe: EvalShapesRecipe) -> None:
     from sdkit.recipes.eval_shapes import run
 
@@ -69,6 +88,12 @@ register(data_app, "shapes", ShapesDataRecipe, "data-shapes", _data_shapes,
          "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).")
 register(train_app, "text-to-image", TrainTextToImageRecipe, "train-text-to-image", _train_text_to_image,
          "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).")
+register(train_app, "lora", TrainLoraRecipe, "train-lora", _train_lora,
+         "Train a LoRA (peft) on a pipeline's UNet, optionally its text encoder; saves diffusers and kohya/A1111 files.")
+register(train_app, "dreambooth", TrainDreamBoothRecipe, "train-dreambooth", _train_dreambooth,
+         "Teach a subject from a few images (full fine-tune or --lora), with optional prior preservation.")
+register(train_app, "textual-inversion", TrainTextualInversionRecipe, "train-textual-inversion", _train_textual_inversion,
+         "Learn a new token's embedding (textual inversion); saves diffusers and A1111 embedding files.")
 register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
          "Generate from held-out prompts and seeds and score colour, shape and background adherence.")
 register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess,

@@ -1,0 +1,133 @@
+"""LoRA files: the diffusers/peft format and kohya/A1111 keys, both with sdkit's metadata in the safetensors header.
+
+    files = save_lora(out_dir, unet=unet, text_encoder=None, metadata=lora_metadata(...), kohya_name="my-lora")
+    read_metadata(files[0])   # {"sdkit.base_model": ..., "sdkit.rank": "4", "sdkit.recipe": "{...}", ...}
+
+* `pytorch_lora_weights.safetensors`: `convert_state_dict_to_diffusers(get_peft_model_state_dict(...))` written by the
+  pipeline class's own `save_lora_weights`, with the peft `LoraConfig` in diffusers' `lora_adapter_metadata` header
+  entry (so `load_lora_weights` rebuilds alpha and the target modules). Loads with plain `pipe.load_lora_weights(dir)`.
+* `NAME.safetensors` (kohya/A1111 keys, `lora_unet_…`/`lora_te_…` with `.lora_down/.lora_up/.alpha`): diffusers'
+  `convert_state_dict_to_kohya`, with two fixes: its alpha entries are the rank (right only when alpha == rank), and
+  transformers 5's CLIPTextModel has no `text_model.` level, which kohya/A1111 text-encoder keys include.
+
+Files are written to a temporary name in the target folder and renamed into place, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+KOHYA_TE_PREFIX = "lora_te_text_model_"
+
+
+def lora_metadata(
+    *, task: str, base_model: str, rank: int, alpha: float, trigger_word: str | None, recipe: Mapping[str, Any]
+) -> dict[str, str]:
+    """Header entries: sdkit's own (`sdkit.*`, the resolved recipe as JSON) and the kohya ones A1111 displays (`ss_*`)."""
+    from sdkit import __version__
+
+    meta = {
+        "sdkit.version": __version__, "sdkit.task": task, "sdkit.base_model": base_model, "sdkit.rank": str(rank),
+        "sdkit.alpha": f"{alpha:g}", "sdkit.recipe": json.dumps(recipe, sort_keys=True),
+        "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}",
+        "ss_sd_model_name": base_model,
+    }  # fmt: skip
+    if trigger_word:
+        meta["sdkit.trigger_word"] = trigger_word
+        meta["modelspec.trigger_phrase"] = trigger_word
+    return meta
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (empty when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
+    """`save_file` to a temporary sibling, then rename onto `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=dict(metadata))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _peft_state(module, prefix: str) -> dict[str, Any]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {f"{prefix}.{k}": v for k, v in get_peft_model_state_dict(module).items()}
+
+
+def kohya_state_dict(unet, text_encoder, alpha: float) -> dict[str, Any]:
+    """The adapters in kohya/A1111 naming (SD 1.x/2.x: `lora_unet_…`, `lora_te_text_model_…`) with the true alpha."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    peft_state = _peft_state(unet, "unet")
+    if text_encoder is not None:
+        peft_state |= _peft_state(text_encoder, "text_encoder")
+    out = {}
+    for key, value in convert_state_dict_to_kohya(peft_state).items():
+        if key.startswith("lora_te1_"):
+            rest = key.removeprefix("lora_te1_").removeprefix("text_model_")
+            key = KOHYA_TE_PREFIX + rest
+        if key.endswith(".alpha"):
+            value = torch.tensor(float(alpha))
+        out[key] = value
+    return out
+
+
+def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, str], kohya_name: str | None = None) -> list[Path]:
+    """Write OUT/pytorch_lora_weights.safetensors (and OUT/<kohya_name>.safetensors); return the paths written.
+
+    `unet` (and `text_encoder`) carry one peft adapter ("default", added with `add_adapter`).
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers: dict[str, Any] = {
+        "unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),
+    }
+    if text_encoder is not None:
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+        layers["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
+    with tempfile.TemporaryDirectory(prefix=".lora-", dir=out_dir) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, **layers)
+        written = Path(tmp) / LORA_FILE
+        header = read_metadata(written)  # diffusers' own: format, lora_adapter_metadata
+        tensors = _load(written)
+        paths = [write_safetensors(out_dir / LORA_FILE, tensors, {**metadata, **header})]
+    if kohya_name is not None:
+        alpha = float(unet.peft_config["default"].lora_alpha)
+        paths.append(
+            write_safetensors(out_dir / f"{kohya_name}.safetensors", kohya_state_dict(unet, text_encoder, alpha),
+                              {**metadata, "format": "pt"})
+        )  # fmt: skip
+    return paths
+
+
+def _load(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

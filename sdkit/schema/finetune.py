@@ -1,0 +1,189 @@
+"""Fine-tuning schemas: `TrainLoraRecipe`, `TrainDreamBoothRecipe`, `TrainTextualInversionRecipe`.
+
+All three extend `TrainCommon` (the shared loop: optimiser, checkpoints, resume, validation) with `FinetuneCommon`
+(the base model and the image/noise settings of the denoising loss). LoRA settings (`LoraFields`) are shared by
+`train lora` and `train dreambooth --lora`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sdkit.schema.base import Schema, cli
+from sdkit.schema.train import TrainCommon
+
+UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TI_TEMPLATES = ["a photo of {token}", "a picture of {token}", "an image of {token}", "a rendering of {token}"]
+
+
+class FinetuneCommon(TrainCommon):
+    """The model to start from and the denoising-loss settings every fine-tuning task shares."""
+
+    model: str = Field(
+        "shapes",
+        description="Pipeline to fine-tune (SD 1.x/2.x): a diffusers folder, .safetensors checkpoint, hub id or alias.",
+        json_schema_extra=cli("-m"),
+    )
+    resolution: int | None = Field(None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size).")
+    center_crop: bool = Field(
+        True, description="Resize the shorter side to the resolution and crop the centre (False: a random crop per step)."
+    )
+    random_flip: bool = Field(False, description="Flip images horizontally at random (off: captions that name left/right would lie).")
+    cache_latents: bool = Field(
+        False, description="Encode every image once with the frozen VAE and keep its latent distribution (needs center_crop, no random_flip)."
+    )
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE.")
+    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
+
+    @model_validator(mode="after")
+    def _check_images(self) -> FinetuneCommon:
+        if self.resolution is not None and self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
+        if self.cache_latents and (self.random_flip or not self.center_crop):
+            raise ValueError("cache_latents needs center_crop true and random_flip false")
+        return self
+
+
+class LoraFields(Schema):
+    """LoRA adapter settings (peft LoraConfig) and how the result is saved."""
+
+    rank: int = Field(4, ge=1, le=1024, description="LoRA rank r (size of the low-rank update).")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha: the update is scaled by alpha / rank (None: alpha = rank).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(UNET_ATTENTION),
+        min_length=1,
+        description="UNet module names (or name suffixes) that get a LoRA, e.g. to_q to_k to_v to_out.0 proj_in ff.net.2.",
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch during training.")
+    text_encoder_target_modules: list[str] = Field(
+        default_factory=lambda: list(TEXT_ENCODER_ATTENTION),
+        min_length=1,
+        description="Text-encoder modules that get a LoRA when the text encoder is trained.",
+    )
+    save_format: Literal["diffusers", "kohya"] = Field(
+        "diffusers",
+        description="diffusers: pytorch_lora_weights.safetensors (pipe.load_lora_weights); kohya: also NAME.safetensors "
+        "with kohya/A1111 keys (A1111, ComfyUI).",
+    )
+    output_name: str | None = Field(
+        None, description="Stem of the kohya file (A1111 shows it as the LoRA's name); None: the output folder's name."
+    )
+    trigger_word: str | None = Field(None, description="Word that calls up the trained concept; recorded in the file's metadata.")
+
+    @field_validator("output_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.-]+", value):
+            raise ValueError(f"output_name must be a plain file stem (letters, digits, _ . -), got {value!r}")
+        return value
+
+
+class TrainLoraRecipe(LoraFields, FinetuneCommon):
+    """`sdkit train lora`: a LoRA on the UNet (optionally the text encoder) of a pipeline, from captioned images."""
+
+    task: Literal["train-lora"] = Field(
+        "train-lora", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
+    )
+    data_dir: Path = Field(
+        description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
+        json_schema_extra=cli("-d", "--data"),
+    )
+    caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
+    caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training on the empty caption.")
+    train_text_encoder: bool = Field(False, description="Also train a LoRA on the text encoder.")
+
+
+class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
+    """`sdkit train dreambooth`: teach a subject from a few images (full fine-tune, or a LoRA with lora: true)."""
+
+    task: Literal["train-dreambooth"] = Field(
+        "train-dreambooth", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
+    )
+    instance_data_dir: Path = Field(
+        description="Folder of images of the subject (captions are not read: every image gets instance_prompt).",
+        json_schema_extra=cli(name="--instance-data"),
+    )
+    instance_prompt: str = Field(description='Prompt naming the subject with a rare word, e.g. "a photo of sks dog".', min_length=1)
+    class_prompt: str | None = Field(None, description='Prompt of the subject\'s class without the rare word, e.g. "a photo of dog".')
+    with_prior_preservation: bool = Field(
+        False, description="Also train on class images (prior-preservation loss), so the class keeps its look."
+    )
+    class_data_dir: Path | None = Field(
+        None,
+        description="Folder of class images; the missing ones (up to num_class_images) are generated there with the "
+        "base model and kept for later runs. None: OUT/class_images.",
+        json_schema_extra=cli(name="--class-data"),
+    )
+    num_class_images: int = Field(100, ge=1, description="Class images to train with (generated when the folder has fewer).")
+    prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the class images' loss beside the instance loss.")
+    class_inference_steps: int = Field(20, ge=1, le=1000, description="Denoising steps when generating class images.")
+    class_guidance_scale: float = Field(5.0, ge=0, description="CFG scale when generating class images.")
+    class_batch_size: int = Field(4, ge=1, description="Class images generated per forward pass.")
+    lora: bool = Field(False, description="Train a LoRA (saved as LoRA files) instead of fine-tuning the whole UNet (saved as a pipeline).")
+    train_text_encoder: bool = Field(
+        False, description="Also train the text encoder (fully; with lora: a text-encoder LoRA)."
+    )
+    max_steps: int = Field(400, ge=1, description="Optimiser steps to train (each uses batch × accumulation × processes images).")
+    train_batch_size: int = Field(1, ge=1, description="Instance images per process per micro-batch (as many class images join them).")
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak AdamW learning rate. None: 5e-6 for a full fine-tune, 1e-4 with lora."
+    )
+
+    @model_validator(mode="after")
+    def _check_dreambooth(self) -> TrainDreamBoothRecipe:
+        if self.with_prior_preservation and not self.class_prompt:
+            raise ValueError("with_prior_preservation needs class_prompt (e.g. 'a photo of dog')")
+        lora_only = sorted(self.model_fields_set & (set(LoraFields.model_fields) - {"trigger_word"}))
+        if lora_only and not self.lora:
+            verb = "applies" if len(lora_only) == 1 else "apply"
+            raise ValueError(f"{', '.join(lora_only)} {verb} only with lora: true (a full fine-tune saves a pipeline)")
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.lora else 5e-6
+        return self
+
+
+class TrainTextualInversionRecipe(FinetuneCommon):
+    """`sdkit train textual-inversion`: learn the embedding of one new token; nothing else changes."""
+
+    task: Literal["train-textual-inversion"] = Field(
+        "train-textual-inversion", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
+    )
+    data_dir: Path = Field(
+        description="Images of the concept: an imagefolder whose captions contain the token, or a plain folder of "
+        "images (captioned from caption_templates).",
+        json_schema_extra=cli("-d", "--data"),
+    )
+    token: str = Field(description='The new token, e.g. "<my-thing>" (must not be in the vocabulary yet).', min_length=1)
+    init_token: str = Field(description="An existing single-token word whose embedding the new one starts from, e.g. dog.", min_length=1)
+    num_vectors: int = Field(1, ge=1, le=64, description="Embedding vectors behind the token (token, token_1, ...).")
+    caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
+    caption_templates: list[str] = Field(
+        default_factory=lambda: list(TI_TEMPLATES),
+        min_length=1,
+        description="Captions with {token}, used when data_dir has no metadata.jsonl (each image is seen with each).",
+    )
+    max_steps: int = Field(2000, ge=1, description="Optimiser steps to train (each uses batch × accumulation × processes images).")
+    train_batch_size: int = Field(4, ge=1, description="Images per process per micro-batch.")
+    learning_rate: float = Field(5e-3, gt=0, description="Peak AdamW learning rate of the new embedding rows.")
+    adam_weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay (on the new rows only).")
+
+    @field_validator("token")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        if not value.strip() or any(c.isspace() for c in value):
+            raise ValueError(f"token must be one word without spaces, e.g. <my-thing> (got {value!r})")
+        return value
+
+    @field_validator("caption_templates")
+    @classmethod
+    def _templates(cls, values: list[str]) -> list[str]:
+        bad = [t for t in values if "{token}" not in t]
+        if bad:
+            raise ValueError(f"every caption template needs {{token}} (got {bad[0]!r})")
+        return values

@@ -1,0 +1,95 @@
+"""`sdkit train dreambooth` on the tiny SD pipeline: full fine-tune with prior preservation (class images generated
+once, then reused), the LoRA variant and its files, the prior-preservation batch, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_user_error, invoke, snapshot
+from finetune_helpers import generate, in_memory, shapes_dataset, tensors
+
+from sdkit.lora_io import LORA_FILE
+from sdkit.recipes.train_dreambooth import PROMPT_KEY, DreamBoothData, run
+from sdkit.schema.finetune import TrainDreamBoothRecipe
+
+FAST = ["--threads", "1", "--log-every", "1", "--learning-rate", "0.01"]
+CLASS = ["--with-prior-preservation", "--class-prompt", "a shape", "--num-class-images", "3", "--class-inference-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def instances(tmp_path_factory) -> Path:
+    """Three 32 px images in a plain folder (no captions)."""
+    return shapes_dataset(tmp_path_factory.mktemp("db") / "shapes", n=3) / "images"
+
+
+def unet_weights(model_dir: Path) -> dict:
+    return {f"{sub}.{k}": v for sub in ("unet", "text_encoder", "vae")
+            for f in (model_dir / sub).glob("*.safetensors") for k, v in tensors(f).items()}  # fmt: skip
+
+
+def test_full_fine_tune_with_prior_preservation(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    classes = tmp_path / "classes"
+    args = ["train", "dreambooth", "-m", tiny_sd_dir, "--instance-data", instances, "--instance-prompt", "a sks shape",
+            "--max-steps", "2", "--class-data", classes, *CLASS, *FAST]  # fmt: skip
+    first = invoke(*args, "-o", tmp_path / "a", "--validation-prompts", "a sks shape", "--validation-inference-steps", "2")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.split() == [str(tmp_path / "a/model")]
+    made = sorted(classes.glob("*.png"))
+    assert [p.name for p in made] == ["class-00000.png", "class-00001.png", "class-00002.png"]
+    assert "generating 3 class images" in first.stderr and (tmp_path / "a/validation/step-2.png").is_file()
+    before, after = unet_weights(tiny_sd_dir), unet_weights(tmp_path / "a/model")
+    assert any(not (before[k] == after[k]).all() for k in before if k.startswith("unet."))
+    assert all((before[k] == after[k]).all() for k in before if not k.startswith("unet."))  # only the UNet trained
+    StableDiffusionPipeline.from_pretrained(tmp_path / "a/model")  # a plain diffusers folder
+
+    stamps = {p: p.stat().st_mtime_ns for p in made}
+    second = invoke(*args, "-o", tmp_path / "b", "--num-class-images", "4")  # 3 cached, 1 more generated
+    assert second.exit_code == 0, second.output
+    assert "generating 1 class images" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in made} == stamps and (classes / "class-00003.png").is_file()
+    from PIL import Image
+
+    with Image.open(classes / "class-00003.png") as image:
+        assert image.text[PROMPT_KEY] == "a shape"
+
+
+def test_lora_variant_saves_loadable_lora_files(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
+    recipe = TrainDreamBoothRecipe(
+        model=str(tiny_sd_dir), instance_data_dir=instances, instance_prompt="a sks shape", output_dir=tmp_path / "run",
+        lora=True, rank=2, save_format="kohya", output_name="sks-shape", max_steps=2, learning_rate=0.05,
+        with_prior_preservation=True, class_prompt="a shape", num_class_images=2, class_inference_steps=2, threads=1,
+        checkpointing_steps=None,
+    )  # fmt: skip
+    result = run(recipe)
+    assert [p.name for p in result.files] == [LORA_FILE, "sks-shape.safetensors"]
+    assert len(list((tmp_path / "run/class_images").glob("*.png"))) == 2  # default class folder: OUT/class_images
+    memory = in_memory(result.pipeline, "a sks shape")
+    for path in result.files:
+        assert (generate(tmp_path / path.stem, tiny_sd_dir, "a sks shape", "--lora", path) == memory).all(), path.name
+    assert not (tmp_path / "run/model").exists()
+
+
+def test_prior_batch_puts_class_images_after_instances() -> None:
+    import torch
+
+    data = DreamBoothData("pixels", [torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2, torch.tensor([1, 2]),
+                          [torch.ones(3, 4, 4, dtype=torch.uint8)] * 5, torch.tensor([3, 4]))  # fmt: skip
+    assert len(data) == 5  # every class image is seen each epoch
+    batch = data.collate([data[0], data[3]])
+    assert batch["prior"].tolist() == [False, False, True, True]
+    assert batch["pixels"][:, 0, 0, 0].tolist() == [0, 0, 1, 1] and batch["input_ids"][:, 0].tolist() == [1, 1, 3, 3]
+
+
+def test_errors_are_one_line(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
+    base = ["train", "dreambooth", "-m", tiny_sd_dir, "--instance-prompt", "a sks shape", "-o", tmp_path / "o"]
+    before = snapshot(tmp_path)
+    assert_user_error(invoke(*base, "--instance-data", tmp_path / "none"), "instance data folder", "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(invoke(*base, "--instance-data", tmp_path / "empty"), "holds no images")
+    assert_user_error(invoke(*base, "--instance-data", instances, "--with-prior-preservation"), "class_prompt")
+    assert_user_error(invoke(*base, "--instance-data", instances, "--rank", "8"), "rank applies only with lora")
+    assert_user_error(invoke(*base, "--instance-data", instances, "--lora", "--model", tmp_path / "nomodel"), "not found")
+    assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()
