@@ -4,10 +4,14 @@ The public API imports torch and diffusers only when called, so `import sdkit` s
 
     import sdkit
     results = sdkit.generate(prompt="a red circle on a blue background", seed=1, out="outputs")
+    outputs = sdkit.run("recipes/generate/shapes-sweep.yaml")             # a recipe file: {job name: output}
+    recipe = sdkit.load_recipe("train-text-to-image", {"preset": "shapes", "data_dir": "data", "output_dir": "out"})
+    model_dir = sdkit.train(recipe)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -17,14 +21,44 @@ if TYPE_CHECKING:
     from sdkit.schema.generate import GenerateRecipe
 
 
+def load_recipe(task: str, fields: dict[str, Any] | str | Path) -> Any:
+    """The typed recipe of `task` from a mapping of fields or a YAML file of them (one-line errors on bad input)."""
+    from sdkit.recipefile import load_yaml, validate
+    from sdkit.tasks import get_task
+
+    schema = get_task(task).schema
+    if isinstance(fields, (str, Path)):
+        data = load_yaml(Path(fields))
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "task" or "task" in schema.model_fields}
+        return validate(schema, data, str(fields))
+    return validate(schema, fields, "recipe")
+
+
 def generate(recipe: GenerateRecipe | None = None, **fields: Any) -> list[Result]:
     """Generate images from a `GenerateRecipe` or its fields; returns one `Result` (path, seed, image) per image."""
     from sdkit.recipes import generate as task
-    from sdkit.schema.generate import GenerateRecipe
 
     if recipe is None:
-        recipe = GenerateRecipe(**fields)
+        recipe = load_recipe("generate", fields)
     elif fields:
-        recipe = recipe.model_copy(update=fields)
-        recipe = GenerateRecipe.model_validate(recipe.model_dump())
+        recipe = load_recipe("generate", {**recipe.model_dump(), **fields})
     return task.run(recipe)
+
+
+def train(recipe: Any) -> Path:
+    """Run a training recipe (any `Train*Recipe`); returns the output folder or file."""
+    from sdkit.tasks import TASKS
+
+    for task in TASKS:
+        if task.name.startswith("train-") and isinstance(recipe, task.schema):
+            return Path(task.output_of(recipe, task.run(recipe)))
+    raise TypeError(f"{type(recipe).__name__} is not a training recipe")
+
+
+def run(*files: str | Path, sets: tuple[str, ...] = ()) -> dict[str, str]:
+    """Run recipe files like `sdkit run`; returns each named job's output path."""
+    from sdkit.jobs import load_file, run_jobs
+
+    jobs = [job for file in files for job in load_file(Path(file), sets)]
+    return run_jobs(jobs)
