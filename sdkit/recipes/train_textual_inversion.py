@@ -149,7 +149,7 @@ def add_token(tokenizer, text_encoder, token: str, init_token: str, num_vectors:
     new_ids = tokenizer.convert_tokens_to_ids(names)
     if tokenizer.encode(" ".join(names), add_special_tokens=False) != new_ids:
         raise UserError(f"token {token!r} does not tokenize to itself: choose a word without special characters")
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the new rows are set just below
     table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         table[new_ids] = table[init_ids[0]].clone()
