@@ -226,6 +226,15 @@ def check_options(kind: str, options: dict[str, Any]) -> Any:
 # 3. the API
 
 
+def weights_for(kind: str, annotators_dir: Path | None = None) -> Path | None:
+    """The local folder holding `kind`'s weights (downloaded into the hub cache if needed; None: it needs none).
+    Call it before loading anything else to fail early: a missing file is a UserError naming it and the flag."""
+    detector = get_detector(kind)
+    if detector.repo is None:
+        return None
+    return weights_folder(detector.repo, detector.files, resolve_dir(annotators_dir), kind)
+
+
 def preprocess(
     kind: str,
     image: Image.Image,
@@ -244,9 +253,7 @@ def preprocess(
 
     detector = get_detector(kind)
     opts = check_options(kind, options)
-    folder = None
-    if detector.repo is not None:
-        folder = weights_folder(detector.repo, detector.files, resolve_dir(annotators_dir), kind)
+    folder = weights_for(kind, annotators_dir)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     result = detector.run(rgb, opts, folder, device)
     result = np.repeat(result[:, :, None], 3, axis=2) if result.ndim == 2 else result[:, :, :3]
