@@ -62,16 +62,19 @@ def test_preset_run_writes_a_loadable_pipeline(shapes_data, tmp_path):
     assert all(p.suffix != ".bin" for p in model_dir.rglob("*.*") if "model" in p.stem)  # safetensors only
 
 
-def test_fine_tune_v_prediction_with_cached_latents(shapes_data, tiny_sd_dir, tmp_path):
+def test_fine_tune_v_prediction_zero_snr_bf16_cached_latents(shapes_data, tiny_sd_dir, tmp_path):
     model_dir = run(
         recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), max_steps=2, cache_latents=True,
-               prediction_type="v_prediction", checkpointing_steps=None)
+               prediction_type="v_prediction", rescale_betas_zero_snr=True, mixed_precision="bf16",
+               checkpointing_steps=None, validation_prompts=["a red circle"])
     )  # fmt: skip
     scheduler = json.loads((model_dir / "scheduler/scheduler_config.json").read_text())
-    assert scheduler["prediction_type"] == "v_prediction"
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["rescale_betas_zero_snr"] is True
+    assert scheduler["timestep_spacing"] == "trailing"
+    assert json.loads((model_dir / "unet/config.json").read_text())["_diffusers_version"]  # a plain diffusers folder
     before, after = weights(tiny_sd_dir), weights(model_dir)
     assert any(not (before[k] == after[k]).all() for k in before if k.startswith("unet."))
-    assert all((before[k] == after[k]).all() for k in before if not k.startswith("unet."))  # only the UNet trained
+    assert all((before[k] == after[k]).all() for k in before if not k.startswith("unet."))  # frozen: saved bit-exact
 
 
 def test_vae_stage_measures_scaling_factor(shapes_data, tmp_path):

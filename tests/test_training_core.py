@@ -14,7 +14,8 @@ from sdkit.errors import UserError
 from sdkit.schema.train import TrainCommon
 from sdkit.training import checkpoints as ckpt
 from sdkit.training import data
-from sdkit.training.loop import StopSignals, TrainTask, accelerator_session, run_training
+from sdkit.training.checkpoints import StopSignals
+from sdkit.training.loop import TrainTask, accelerator_session, run_training
 from sdkit.training.plots import labelled_grid, loss_curve
 
 

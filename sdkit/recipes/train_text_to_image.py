@@ -70,10 +70,10 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
         images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
         input_ids = data.tokenize(tokenizer, captions)
         empty_ids = data.tokenize(tokenizer, [""])[0]
+        live = {"vae": vae, "text_encoder": text_encoder, "unet": unet}  # what the loss and validation run
         if recipe.stage == "vae":
             trainable = {"vae": _autoencoder_loss(vae)}
             vae.requires_grad_(True)
-            _place(text_encoder, device, torch.float32)
         else:
             trainable = {"unet": unet}
             unet.requires_grad_(True)
@@ -81,12 +81,11 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
                 trainable["text_encoder"] = text_encoder
                 text_encoder.requires_grad_(True)
             else:
-                _place(text_encoder, device, weight_dtype)
-            _place(vae, device, weight_dtype)
+                live["text_encoder"] = _frozen(text_encoder, device, weight_dtype)
+            live["vae"] = _frozen(vae, device, weight_dtype)
         if recipe.cache_latents:
-            dataset = data.CaptionedImages(
-                input_ids, latent_dist=data.encode_latents(vae, images, recipe.train_batch_size, device, weight_dtype)
-            )
+            latent_dist = data.encode_latents(live["vae"], images, recipe.train_batch_size, device, weight_dtype)
+            dataset = data.CaptionedImages(input_ids, latent_dist=latent_dist)
         else:
             dataset = data.CaptionedImages(input_ids, pixels=images)
 
@@ -95,27 +94,26 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
         if recipe.stage == "vae":
             loss_fn = _vae_loss(recipe, resolution, device)
         else:
-            loss_fn = _unet_loss(recipe, resolution, noise_scheduler, vae, text_encoder, empty_ids, weight_dtype, device)
+            loss_fn = _unet_loss(recipe, resolution, noise_scheduler, live, empty_ids, weight_dtype, device)
 
         # 4. validation
-        validate = _validator(recipe, pipe, noise_scheduler, images, captions, accelerator)
+        validate = _validator(recipe, pipe, live, noise_scheduler, images, captions, accelerator)
 
         # 5. train
         task = TrainTask(
             modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=validate,
             info={"task": recipe.task, "stage": recipe.stage},
         )  # fmt: skip
-        result = run_training(accelerator, recipe, task)
+        run_training(accelerator, recipe, task)
 
-        # 6. save: a plain diffusers folder
+        # 6. save: a plain diffusers folder (`pipe` holds the trained modules and the untouched fp32 frozen ones)
         model_dir = out / "model"
         if accelerator.is_main_process:
-            trained_vae = result.modules["vae"].vae if recipe.stage == "vae" else vae
             if recipe.stage == "vae" and recipe.preset is not None:
-                factor = _measure_scaling_factor(trained_vae, images, recipe.train_batch_size, device)
-                trained_vae.register_to_config(scaling_factor=factor)
+                factor = _measure_scaling_factor(vae, images, recipe.train_batch_size, device)
+                vae.register_to_config(scaling_factor=factor)
                 print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
-            _save(pipe, trained_vae, noise_scheduler, model_dir)
+            _save(pipe, noise_scheduler, model_dir)
             print(f"model saved: {model_dir}", file=sys.stderr)
         accelerator.wait_for_everyone()
     return model_dir
@@ -166,13 +164,23 @@ def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
 
 
 def _noise_scheduler(pipe, recipe: TrainTextToImageRecipe):
-    """DDPM on the model's own betas, with the recipe's prediction type (the training noise schedule)."""
+    """DDPM on the model's own betas, with the recipe's prediction type and terminal-SNR setting."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     if recipe.prediction_type is not None:
         scheduler.register_to_config(prediction_type=recipe.prediction_type)
+    if recipe.rescale_betas_zero_snr is not None:
+        scheduler = DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=recipe.rescale_betas_zero_snr)
     return scheduler
+
+
+def _inference_scheduler(pipe, noise_scheduler):
+    """The pipeline's own sampler class, told how the model was trained (prediction type, terminal SNR)."""
+    changes = {"prediction_type": noise_scheduler.config.prediction_type}
+    if noise_scheduler.config.get("rescale_betas_zero_snr"):
+        changes.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return type(pipe.scheduler).from_config({**pipe.scheduler.config, **changes})
 
 
 def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
@@ -188,7 +196,7 @@ def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
     return loss_fn
 
 
-def _unet_loss(recipe, resolution, noise_scheduler, vae, frozen_text_encoder, empty_ids, weight_dtype, device):
+def _unet_loss(recipe, resolution, noise_scheduler, live, empty_ids, weight_dtype, device):
     """diffusers' train_text_to_image loss: noise, timesteps, caption dropout, target, min-SNR weighting."""
     import torch
     import torch.nn.functional as F
@@ -197,6 +205,7 @@ def _unet_loss(recipe, resolution, noise_scheduler, vae, frozen_text_encoder, em
 
     from sdkit.training.data import sample_latents, to_pixels
 
+    vae = live["vae"]
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
     prediction_type = noise_scheduler.config.prediction_type
     steps = noise_scheduler.config.num_train_timesteps
@@ -218,7 +227,7 @@ def _unet_loss(recipe, resolution, noise_scheduler, vae, frozen_text_encoder, em
         if recipe.caption_dropout:
             drop = (torch.rand(bsz, generator=generator) < recipe.caption_dropout).to(input_ids.device)
             input_ids[drop] = empty_ids.to(input_ids.device)
-        text_encoder = models.get("text_encoder", frozen_text_encoder)
+        text_encoder = models.get("text_encoder", live["text_encoder"])
         encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -234,7 +243,7 @@ def _unet_loss(recipe, resolution, noise_scheduler, vae, frozen_text_encoder, em
     return loss_fn
 
 
-def _validator(recipe, pipe, noise_scheduler, images, captions, accelerator):
+def _validator(recipe, pipe, live, noise_scheduler, images, captions, accelerator):
     """step -> grid rows: prompts × seeds (unet stage) or originals beside reconstructions with PSNR (vae stage)."""
     import torch
 
@@ -244,8 +253,8 @@ def _validator(recipe, pipe, noise_scheduler, images, captions, accelerator):
         def validate_vae(step):
             originals = torch.stack(images[:count]).to(accelerator.device, torch.float32).div(127.5).sub(1)
             with torch.no_grad(), accelerator.autocast():
-                posterior = pipe.vae.encode(originals).latent_dist
-                reconstruction = pipe.vae.decode(posterior.mode()).sample.float().clamp(-1, 1)
+                posterior = live["vae"].encode(originals).latent_dist
+                reconstruction = live["vae"].decode(posterior.mode()).sample.float().clamp(-1, 1)
             mse = ((reconstruction - originals) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
             psnr = (10 * torch.log10(1 / mse)).tolist()
             return [
@@ -259,9 +268,9 @@ def _validator(recipe, pipe, noise_scheduler, images, captions, accelerator):
     from diffusers import StableDiffusionPipeline
 
     def validate_unet(step):
-        scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": noise_scheduler.config.prediction_type})
+        scheduler = _inference_scheduler(pipe, noise_scheduler)
         val = StableDiffusionPipeline(
-            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet, scheduler=scheduler,
+            vae=live["vae"], text_encoder=live["text_encoder"], tokenizer=pipe.tokenizer, unet=live["unet"], scheduler=scheduler,
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
         val.set_progress_bar_config(disable=True)
@@ -279,11 +288,26 @@ def _validator(recipe, pipe, noise_scheduler, images, captions, accelerator):
     return validate_unet
 
 
+def _frozen(module, device, dtype):
+    """The module on `device` in `dtype` for a frozen role; a cast COPY when the dtype changes, so the fp32
+    original (what gets saved) never goes through a lossy round trip."""
+    import copy
+
+    if next(module.parameters()).dtype == dtype:
+        module.to(device)
+        return module
+    twin = copy.deepcopy(module)
+    _place(twin, device, dtype)
+    return twin
+
+
 def _place(module, device, dtype) -> None:
-    """Move a module; cast only when its dtype differs (diffusers warns about any dtype argument)."""
+    """Move a module, then cast its floating-point weights (nn.Module's casts: diffusers' `to` warns about any dtype)."""
+    import torch
+
     module.to(device)
     if next(module.parameters()).dtype != dtype:
-        module.to(dtype=dtype)
+        {torch.float16: module.half, torch.bfloat16: module.bfloat16, torch.float32: module.float}[dtype]()
 
 
 def _to_pil(pixels):
@@ -305,15 +329,15 @@ def _measure_scaling_factor(vae, images, batch_size, device) -> float:
     return float(1.0 / latents.std().clamp_min(1e-6))
 
 
-def _save(pipe, vae, noise_scheduler, model_dir: Path) -> None:
+def _save(pipe, noise_scheduler, model_dir: Path) -> None:
     """Save the trained pipeline as a diffusers folder; the inference scheduler keeps the trained prediction type."""
     import torch
     from diffusers import StableDiffusionPipeline
 
     from sdkit.architectures import save_pipeline
 
-    scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "prediction_type": noise_scheduler.config.prediction_type})
-    modules = {"vae": vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    scheduler = _inference_scheduler(pipe, noise_scheduler)
+    modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
     for module in modules.values():
         _place(module, "cpu", torch.float32)
     final = StableDiffusionPipeline(
@@ -372,16 +396,12 @@ def run_job(job: Any) -> Path:
     """Run one job of `load_jobs`; return its output (the model folder, or the dataset folder)."""
     if isinstance(job, TrainTextToImageRecipe):
         return run(job)
-    from sdkit.data import shapes
-
-    metadata = Path(job.out) / "metadata.jsonl"
-    if metadata.is_file() and len(metadata.read_text().splitlines()) == job.n:
-        print(f"dataset {job.out} already written ({job.n} rows): kept", file=sys.stderr)
-        return Path(job.out)
-    if _is_main_process():
-        shapes.run(job)
     from accelerate import PartialState
 
+    from sdkit.data import shapes
+
+    if _is_main_process():
+        shapes.run_once(job)
     PartialState().wait_for_everyone()
     return Path(job.out)
 

@@ -122,6 +122,11 @@ class TrainTextToImageRecipe(TrainCommon):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Target of the UNet (None: keep the model's scheduler setting). Saved into the scheduler config."
     )
+    rescale_betas_zero_snr: bool | None = Field(
+        None,
+        description="Rescale the noise schedule to zero terminal SNR (needs v_prediction; sampling then uses trailing "
+        "timesteps), so flat colours such as backgrounds are not leaked by the last timestep. None: the model's setting.",
+    )
     snr_gamma: float | None = Field(
         5.0, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE."
     )
@@ -137,6 +142,8 @@ class TrainTextToImageRecipe(TrainCommon):
             raise ValueError("vocabulary only applies with preset (a fine-tuned model keeps its tokenizer)")
         if self.resolution is not None and self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr needs prediction_type v_prediction (epsilon is undefined at zero SNR)")
         if self.cache_latents and (self.stage == "vae" or self.random_flip or not self.center_crop):
             raise ValueError("cache_latents needs stage unet, center_crop true and random_flip false")
         return self

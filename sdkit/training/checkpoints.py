@@ -8,6 +8,7 @@ nothing mistakes for a checkpoint. Old checkpoints are pruned only after the new
     latest_checkpoint(out)            -> newest complete checkpoint or None (temp and unmarked folders are skipped)
     resolve_resume(out, resume)       -> the checkpoint to resume from, or None for a fresh start (UserError otherwise)
     save_checkpoint(accelerator, out, step, info) -> Path
+    with StopSignals() as stop: ...   # SIGINT/SIGTERM only set stop.received: the loop saves, then stops
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,3 +148,32 @@ def prune_checkpoints(output_dir: Path, total_limit: int | None) -> list[Path]:
             shutil.rmtree(path)
             removed.append(path)
     return removed
+
+
+class StopSignals:
+    """While active, SIGINT/SIGTERM only record a stop request (`.received`); a second SIGINT raises
+    KeyboardInterrupt at once. The previous handlers come back on exit. Outside the main thread it does nothing."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            self._restore()
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()

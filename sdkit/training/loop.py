@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -39,8 +37,9 @@ import torch
 
 from sdkit.errors import SdkitError
 from sdkit.training import checkpoints as ckpt
+from sdkit.training.checkpoints import StopSignals
 from sdkit.training.data import collate
-from sdkit.training.plots import labelled_grid, loss_curve
+from sdkit.training.plots import labelled_grid, write_loss_files
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -92,35 +91,6 @@ class LoopState:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.global_step, self.epoch, self.batch, self.micro = (int(v) for v in state["position"])
         self.history = [(int(s), float(loss), float(lr)) for s, loss, lr in state["history"].tolist()]
-
-
-class StopSignals:
-    """While active, SIGINT/SIGTERM only record a stop request (`.received`); a second SIGINT raises
-    KeyboardInterrupt at once. The previous handlers come back on exit. Outside the main thread it does nothing."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            self._restore()
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        self._restore()
 
 
 @contextlib.contextmanager
@@ -223,15 +193,6 @@ class ProgressBar:
             self.progress.stop()
 
 
-def write_loss_files(output_dir: Path, history: list[tuple[int, float, float]]) -> None:
-    """loss.json, loss.csv and loss.png (raw and smoothed) in `output_dir`."""
-    rows = [{"step": s, "loss": loss, "lr": lr} for s, loss, lr in history]
-    (output_dir / "loss.json").write_text(json.dumps(rows) + "\n")
-    (output_dir / "loss.csv").write_text("step,loss,lr\n" + "".join(f"{s},{loss:.6g},{lr:.6g}\n" for s, loss, lr in history))
-    if history:
-        loss_curve([s for s, _, _ in history], [loss for _, loss, _ in history]).save(output_dir / "loss.png")
-
-
 @contextlib.contextmanager
 def _ema_weights(ema, params: list[torch.nn.Parameter]) -> Iterator[None]:
     """Swap the EMA weights in for the duration of the block (validation)."""
@@ -290,17 +251,17 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
 
     # 3. resume
     main = accelerator.is_main_process
-    bar = ProgressBar(common.max_steps, 0, main, common.log_every)
+    notes = []
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
-        bar.print(f"resumed from {resume_from} (step {state.global_step}, epoch {state.epoch}, batch {state.batch})")
-        marker = ckpt.read_marker(resume_from)
-        if marker.get("signature") not in (None, _signature(common, task, nproc)):
-            bar.print(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
+        notes.append(f"resumed from {resume_from} (step {state.global_step}, epoch {state.epoch}, batch {state.batch})")
+        if ckpt.read_marker(resume_from).get("signature") not in (None, _signature(common, task, nproc)):
+            notes.append(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
     elif common.resume == "latest":
-        bar.print(f"no complete checkpoint in {ckpt.checkpoints_dir(output_dir)}: starting from step 0")
-    bar.close()
+        notes.append(f"no complete checkpoint in {ckpt.checkpoints_dir(output_dir)}: starting from step 0")
     bar = ProgressBar(common.max_steps, state.global_step, main, common.log_every)
+    for note in notes:
+        bar.print(note)
 
     def save(step: int) -> Path:
         info = {**task.info, "signature": _signature(common, task, nproc), "loss": state.history[-1][1] if state.history else None}
@@ -327,7 +288,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     last_saved = last_validated = -1
     stopped_by: str | None = None
     micro_losses: list[torch.Tensor] = []
-    with StopSignals() as stop:
+    with StopSignals() as stop, contextlib.closing(bar):
         while state.global_step < common.max_steps and stopped_by is None:
             loader.set_epoch(state.epoch)
             epoch_loader = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
@@ -358,7 +319,6 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
                 state.history.append((step, step_loss, lr_scheduler.get_last_lr()[0]))
                 bar.update(step, step_loss, state.history[-1][2])
                 if not math.isfinite(step_loss):
-                    bar.close()
                     raise SdkitError(f"loss is {step_loss} at step {step}: lower learning_rate or use mixed_precision no")
                 stop_now = _any_process(accelerator, stop.received is not None)
                 if stop_now:
@@ -385,7 +345,6 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
             path = save(step)
         if main:
             write_loss_files(output_dir, state.history)
-        bar.close()
         raise TrainingInterrupted(
             f"stopped by {signal_name} at step {step}/{common.max_steps}; checkpoint saved to {path}: "
             f"continue with --resume latest (same output folder)",
@@ -396,7 +355,6 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     # 6. the end: final validation, loss files, EMA weights into the modules
     if last_validated != step and task.validate is not None:
         validate(step)
-    bar.close()
     if ema is not None:
         ema.copy_to(params)
     seconds = time.monotonic() - started

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -127,3 +129,12 @@ def loss_curve(
         draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=SMOOTH)
     draw.text((left + plot_w // 2 - 12, height - 16), "step", fill=INK, font=font)
     return image
+
+
+def write_loss_files(output_dir: Path, history: Sequence[tuple[int, float, float]]) -> None:
+    """loss.json, loss.csv and loss.png (raw and smoothed) in `output_dir`."""
+    rows = [{"step": s, "loss": loss, "lr": lr} for s, loss, lr in history]
+    (output_dir / "loss.json").write_text(json.dumps(rows) + "\n")
+    (output_dir / "loss.csv").write_text("step,loss,lr\n" + "".join(f"{s},{loss:.6g},{lr:.6g}\n" for s, loss, lr in history))
+    if history:
+        loss_curve([s for s, _, _ in history], [loss for _, loss, _ in history]).save(output_dir / "loss.png")
