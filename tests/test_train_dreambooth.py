@@ -57,8 +57,9 @@ def test_full_fine_tune_with_prior_preservation(tiny_sd_dir: Path, instances: Pa
 
 
 def test_lora_variant_saves_loadable_lora_files(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
-    recipe = TrainDreamBoothRecipe(
-        model=str(tiny_sd_dir), instance_data_dir=instances, instance_prompt="a sks shape", output_dir=tmp_path / "run",
+    recipe = TrainDreamBoothRecipe(  # an imagefolder: the prompt is filled from each image's metadata
+        model=str(tiny_sd_dir), instance_data_dir=instances.parent, instance_prompt="a {color} sks shape on a {background} background",
+        output_dir=tmp_path / "run",
         lora=True, rank=2, save_format="kohya", output_name="sks-shape", max_steps=2, learning_rate=0.05,
         with_prior_preservation=True, class_prompt="a shape", num_class_images=2, class_inference_steps=2, threads=1,
         checkpointing_steps=None,
@@ -75,12 +76,14 @@ def test_lora_variant_saves_loadable_lora_files(tiny_sd_dir: Path, instances: Pa
 def test_prior_batch_puts_class_images_after_instances() -> None:
     import torch
 
-    data = DreamBoothData("pixels", [torch.zeros(3, 4, 4, dtype=torch.uint8)] * 2, torch.tensor([1, 2]),
-                          [torch.ones(3, 4, 4, dtype=torch.uint8)] * 5, torch.tensor([3, 4]))  # fmt: skip
+    instances = [torch.full((3, 4, 4), i, dtype=torch.uint8) for i in range(2)]
+    classes = [torch.full((3, 4, 4), 10 + j, dtype=torch.uint8) for j in range(5)]
+    data = DreamBoothData("pixels", instances, torch.tensor([[1], [2]]), classes, torch.arange(30, 35)[:, None])
     assert len(data) == 5  # every class image is seen each epoch
     batch = data.collate([data[0], data[3]])
     assert batch["prior"].tolist() == [False, False, True, True]
-    assert batch["pixels"][:, 0, 0, 0].tolist() == [0, 0, 1, 1] and batch["input_ids"][:, 0].tolist() == [1, 1, 3, 3]
+    assert batch["pixels"][:, 0, 0, 0].tolist() == [0, 1, 10, 13]  # instance i mod 2, class i mod 5
+    assert batch["input_ids"][:, 0].tolist() == [1, 2, 30, 33]  # each image with its own prompt
 
 
 def test_errors_are_one_line(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
@@ -90,6 +93,9 @@ def test_errors_are_one_line(tiny_sd_dir: Path, instances: Path, tmp_path: Path)
     (tmp_path / "empty").mkdir()
     assert_user_error(invoke(*base, "--instance-data", tmp_path / "empty"), "holds no images")
     assert_user_error(invoke(*base, "--instance-data", instances, "--with-prior-preservation"), "class_prompt")
+    templated = ["--instance-prompt", "a {colour} sks shape"]
+    assert_user_error(invoke(*base, "--instance-data", instances, *templated), "no metadata.jsonl")
+    assert_user_error(invoke(*base, "--instance-data", instances.parent, *templated), "no 'colour' column")
     assert_user_error(invoke(*base, "--instance-data", instances, "--rank", "8"), "rank applies only with lora")
     assert_user_error(invoke(*base, "--instance-data", instances, "--lora", "--model", tmp_path / "nomodel"), "not found")
     assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()

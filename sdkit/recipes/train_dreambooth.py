@@ -7,7 +7,8 @@ Like diffusers' train_dreambooth / train_dreambooth_lora examples, on sdkit's sh
    fewer than `num_class_images` (each image `class-NNNNN.png` from seed `seed + N`, split across processes under
    `accelerate launch`) and reused by later runs.
 3. full fine-tune (the UNet, optionally the text encoder) or, with `lora`, peft LoRA adapters (`finetune.add_lora`).
-4. data: every instance image with `instance_prompt`, each paired with a class image; a micro-batch is the instance
+4. data: every instance image with `instance_prompt` (a template over metadata.jsonl columns, if the folder has
+   one: "a {color} sks shape"), each paired with a class image; a micro-batch is the instance
    images followed by their class images, and the loss is mean(instance) + prior_loss_weight × mean(class).
 5. train: checkpoints (LoRA runs keep only the LoRA weights), exact resume, SIGINT save, validation, loss plot.
 6. save: OUT/model (a diffusers pipeline folder), or with `lora` the LoRA files (`sdkit.lora_io`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import string
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -49,7 +51,7 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
     outputs = ft.lora_outputs(recipe) if recipe.lora else [out / "model"]
     if ft.start_or_finish(recipe, outputs):
         return FinetuneResult(out, outputs)
-    instance_files = ft.image_files(recipe.instance_data_dir, "instance data", "--instance-data")
+    instance_files, instance_prompts = instance_images(recipe)
     class_dir = Path(recipe.class_data_dir or out / "class_images")
     if recipe.with_prior_preservation and class_dir.exists() and not class_dir.is_dir():
         raise UserError(f"class data {class_dir} is a file: pass a folder with --class-data")
@@ -91,11 +93,11 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
             return ft.image_tensors(recipe, pipe.vae, images, device, dtype, recipe.train_batch_size)
 
         key, instances = entries(instance_files)
-        instance_ids = data.tokenize(pipe.tokenizer, [recipe.instance_prompt])[0]
+        instance_ids = data.tokenize(pipe.tokenizer, instance_prompts)
         classes, class_ids = [], None
         if class_files:
             classes = entries(class_files)[1]
-            class_ids = data.tokenize(pipe.tokenizer, [recipe.class_prompt])[0]
+            class_ids = data.tokenize(pipe.tokenizer, [recipe.class_prompt] * len(class_files))
         dataset = DreamBoothData(key, instances, instance_ids, classes, class_ids)
 
         # 5. train
@@ -126,7 +128,8 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
 
 
 class DreamBoothData:
-    """Item i: instance image i mod n with the instance prompt, and (prior preservation) class image i mod m."""
+    """Item i: instance image i mod n with its prompt, and (prior preservation) class image i mod m with its prompt.
+    `instance_ids` / `class_ids`: one row of token ids per image."""
 
     def __init__(self, key: str, instances: list, instance_ids, classes: list, class_ids):
         self.key, self.instances, self.instance_ids = key, instances, instance_ids
@@ -136,9 +139,10 @@ class DreamBoothData:
         return max(len(self.instances), len(self.classes))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"index": index, "input_ids": self.instance_ids, self.key: self.instances[index % len(self.instances)]}
+        i, j = index % len(self.instances), index % max(1, len(self.classes))
+        item = {"index": index, "input_ids": self.instance_ids[i], self.key: self.instances[i]}
         if self.classes:
-            item["class"] = {"index": index, "input_ids": self.class_ids, self.key: self.classes[index % len(self.classes)]}
+            item["class"] = {"index": index, "input_ids": self.class_ids[j], self.key: self.classes[j]}
         return item
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,6 +156,36 @@ class DreamBoothData:
         batch = collate(instance + prior)
         batch["prior"] = torch.tensor([False] * len(instance) + [True] * len(prior))
         return batch
+
+
+def instance_images(recipe: TrainDreamBoothRecipe) -> tuple[list[Path], list[str]]:
+    """The instance images and their prompts. A folder with metadata.jsonl lists its images there (file_name), and
+    `instance_prompt` may then name its columns, e.g. "a {color} sks shape on a {background} background"; a plain
+    folder gives every image the prompt as written."""
+    from sdkit.recipes.finetune import image_files
+    from sdkit.training.data import read_imagefolder
+
+    folder = Path(recipe.instance_data_dir).expanduser()
+    fields = sorted({name for _, name, _, _ in string.Formatter().parse(recipe.instance_prompt) if name})
+    if not (folder / "metadata.jsonl").is_file():
+        if fields:
+            raise UserError(
+                f"instance_prompt names {{{fields[0]}}} but {folder} has no metadata.jsonl to fill it from: "
+                "add one, or write the prompt without {...}"
+            )
+        files = image_files(folder, "instance data", "--instance-data")
+        return files, [recipe.instance_prompt] * len(files)
+    rows = read_imagefolder(folder, caption_column="file_name")  # every row names an existing image
+    prompts = []
+    for row in rows:
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise UserError(
+                f"instance_prompt names {{{missing[0]}}} but {folder}/metadata.jsonl row {row['file_name'].name} has "
+                f"no {missing[0]!r} column (it has: {', '.join(sorted(row))})"
+            )
+        prompts.append(recipe.instance_prompt.format_map({f: row[f] for f in fields}))
+    return [row["file_name"] for row in rows], prompts
 
 
 def ensure_class_images(recipe: TrainDreamBoothRecipe, pipe, class_dir: Path, accelerator) -> list[Path]:

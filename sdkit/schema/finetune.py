@@ -106,10 +106,15 @@ class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
         "train-dreambooth", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
     )
     instance_data_dir: Path = Field(
-        description="Folder of images of the subject (captions are not read: every image gets instance_prompt).",
+        description="Images of the subject: a plain folder, or an imagefolder (metadata.jsonl) whose columns "
+        "instance_prompt may name.",
         json_schema_extra=cli(name="--instance-data"),
     )
-    instance_prompt: str = Field(description='Prompt naming the subject with a rare word, e.g. "a photo of sks dog".', min_length=1)
+    instance_prompt: str = Field(
+        min_length=1,
+        description='Prompt naming the subject with a rare word, e.g. "a photo of sks dog". With metadata.jsonl it may '
+        'name its columns: "a {color} sks shape on a {background} background".',
+    )
     class_prompt: str | None = Field(None, description='Prompt of the subject\'s class without the rare word, e.g. "a photo of dog".')
     with_prior_preservation: bool = Field(
         False, description="Also train on class images (prior-preservation loss), so the class keeps its look."
