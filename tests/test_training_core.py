@@ -68,6 +68,34 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path):
     assert run["steps"] == 6 and run["distributed_type"] == "NO" and run["resumed_from"].endswith("step-4")
 
 
+def test_sigterm_finishes_the_step_saves_and_resume_matches(tmp_path):
+    import signal as sig
+
+    from sdkit.training.loop import TrainingInterrupted
+
+    calls = []
+
+    def loss_then_sigterm(batch, models, generator):
+        calls.append(1)
+        if len(calls) == 5:  # during the 1st micro-batch of step 3: step 3 still completes
+            sig.raise_signal(sig.SIGTERM)
+        return toy_loss(batch, models, generator)
+
+    handler = sig.getsignal(sig.SIGTERM)
+    common = TrainCommon(output_dir=tmp_path / "run", max_steps=6, train_batch_size=3, gradient_accumulation_steps=2,
+                         learning_rate=0.05, checkpointing_steps=None, log_every=100)  # fmt: skip
+    torch.manual_seed(0)
+    with accelerator_session(common) as accelerator, pytest.raises(TrainingInterrupted) as stopped:
+        run_training(accelerator, common, TrainTask(modules={"net": torch.nn.Linear(4, 1)}, dataset=Toy(), loss_fn=loss_then_sigterm))
+    assert stopped.value.exit_code == 143 and "SIGTERM at step 3/6" in str(stopped.value)
+    assert stopped.value.checkpoint == tmp_path / "run/checkpoints/step-3" and ckpt.is_complete(stopped.value.checkpoint)
+    assert sig.getsignal(sig.SIGTERM) is handler  # no handler left behind
+    resumed = train_toy(tmp_path / "run", resume="latest", use_ema=False, lr_scheduler="constant", lr_warmup_steps=0,
+                        checkpointing_steps=None)  # fmt: skip
+    full = train_toy(tmp_path / "full", use_ema=False, lr_scheduler="constant", lr_warmup_steps=0, checkpointing_steps=None)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def test_pruning_keeps_newest_complete(tmp_path):
     train_toy(tmp_path, checkpoints_total_limit=2)
     assert [p.name for _, p in ckpt.complete_checkpoints(tmp_path)] == ["step-4", "step-6"]

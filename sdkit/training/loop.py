@@ -251,6 +251,8 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
 
     # 3. resume
     main = accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
     notes = []
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
