@@ -1,0 +1,225 @@
+"""Do the fine-tuning recipes learn? DreamBooth, LoRA and textual inversion on the shapes world, scored by `sdkit eval`.
+
+Each experiment trains through the real CLI (`sdkit train ...` in a child process, whose wall time and peak RSS are
+measured with os.wait4), then `sdkit.recipes.eval_shapes.run` scores generated images with the independent scorer.
+`sdkit eval shapes` loads a model folder, so adapters are evaluated on a merged copy of the base model (LoRAs fused
+at the given weights with diffusers' fuse_lora, or the embedding loaded into the tokenizer and text encoder).
+
+Concepts absent from the base model's training set:
+  * DreamBooth: "a sks shape" = the star, from 5 star images; prior preservation with "a shape" images from the base.
+    Concept rate = share of "a <colour> sks shape on a <background> background" images the scorer reads as stars.
+    Also the base world's own prompts before/after (class-prompt adherence must not drop > 5 points).
+  * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
+    share of striped-prompt images read as striped, at LoRA weight 1 and 0; and with the DreamBooth LoRA stacked.
+  * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape").
+
+    OMP_NUM_THREADS=1 python bench/finetune_shapes.py --model shapes --out runs/finetune-shapes \
+        --results bench/results/finetune_shapes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SDKIT = [sys.executable, "-m", "sdkit"]
+CONCEPT = "a {color} sks shape on a {background} background"
+TI_TOKEN = "<zig>"
+
+# Training recipes (YAML fields of the task's schema); --quick divides max_steps by 20.
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dreambooth_full": ("dreambooth", {
+        "instance_prompt": "a sks shape", "with_prior_preservation": True, "class_prompt": "a shape",
+        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 400, "train_batch_size": 4,
+        "learning_rate": 2e-4, "train_text_encoder": False,
+    }),
+    "dreambooth_lora": ("dreambooth", {
+        "instance_prompt": "a sks shape", "with_prior_preservation": True, "class_prompt": "a shape",
+        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 400, "train_batch_size": 4,
+        "lora": True, "rank": 8, "learning_rate": 2e-3, "trigger_word": "sks",
+    }),
+    "lora_striped": ("lora", {
+        "max_steps": 600, "train_batch_size": 16, "rank": 8, "learning_rate": 2e-3, "trigger_word": "striped",
+    }),
+    "textual_inversion": ("textual-inversion", {
+        "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
+    }),
+}  # fmt: skip
+COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0, "device": "cpu", "validation_images": 4}
+
+
+def make_data(root: Path) -> dict[str, Path]:
+    """Star instances (5), striped images with captions (100), triangles captioned with the new token (20)."""
+    from sdkit.data.shapes import write_dataset
+
+    paths = {"star": root / "star", "striped": root / "striped", "zig": root / "zig"}
+    if not paths["star"].exists():
+        write_dataset(paths["star"], 5, seed=101, shapes=["star"], split="all")
+    if not paths["striped"].exists():
+        write_dataset(paths["striped"], 100, seed=102, pattern="striped")
+    if not paths["zig"].exists():
+        write_dataset(paths["zig"], 20, seed=103, shapes=["triangle"], split="all")
+        meta = paths["zig"] / "metadata.jsonl"
+        rows = [json.loads(line) for line in meta.read_text().splitlines()]
+        meta.write_text("".join(json.dumps({**r, "text": r["text"].replace("triangle", TI_TOKEN)}) + "\n" for r in rows))
+    return paths
+
+
+def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) -> dict[str, Any]:
+    """Run `sdkit train <command> --recipe` in a child; its seconds and peak RSS (os.wait4)."""
+    import yaml
+
+    command, fields = RECIPES[name]
+    run_dir = out / name
+    recipe = {**COMMON, **fields, "model": model, "output_dir": str(run_dir)}
+    if quick:
+        recipe["max_steps"] = max(2, recipe["max_steps"] // 20)
+        if "num_class_images" in recipe:
+            recipe["num_class_images"] = 4
+    if command == "dreambooth":
+        recipe["instance_data_dir"] = str(data["star"] / "images")
+        recipe["class_data_dir"] = str(out / "class_images")
+        recipe["validation_prompts"] = ["a red sks shape on a blue background", "a shape"]
+    elif command == "lora":
+        recipe["data_dir"] = str(data["striped"])
+        recipe["validation_prompts"] = ["a red striped circle on a blue background"]
+    else:
+        recipe["data_dir"] = str(data["zig"])
+        recipe["validation_prompts"] = [f"a red {TI_TOKEN} on a blue background"]
+    finished = run_dir / "run.json"
+    if finished.is_file():
+        print(f"[{name}] already trained: {run_dir}", file=sys.stderr)
+        return json.loads((out / f"{name}.train.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
+    started = time.monotonic()
+    proc = subprocess.Popen([*SDKIT, "train", command, "--recipe", str(out / f"{name}.yaml")], stdout=log, stderr=log)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    log.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"[{name}] training failed: see {out / f'{name}.log'}")
+    run_info = json.loads(finished.read_text())
+    files = [line for line in (out / f"{name}.log").read_text().splitlines() if line.startswith(str(run_dir))]
+    result = {
+        "command": f"sdkit train {command}", "recipe": str(out / f"{name}.yaml"), "steps": run_info["steps"],
+        "wall_seconds": round(seconds, 1), "train_loop_seconds": run_info["seconds"],
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "file_bytes": {Path(f).name: size(Path(f)) for f in files},
+    }  # fmt: skip
+    (out / f"{name}.train.json").write_text(json.dumps(result, indent=2))
+    print(f"[{name}] {result}", file=sys.stderr)
+    return result
+
+
+def size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def merged(model: str, out_dir: Path, loras: list[tuple[Path, float]] = (), embedding: Path | None = None) -> Path:
+    """The base pipeline with LoRAs fused at their weights (or an embedding added), saved as a diffusers folder."""
+    import torch
+
+    from sdkit.architectures import save_pipeline
+    from sdkit.models import load_pipeline, resolve_model
+
+    if (out_dir / "model_index.json").is_file():
+        return out_dir
+    pipe = load_pipeline(resolve_model(model, hash_local=False), torch_dtype=torch.float32)
+    if loras:
+        names = [f"l{i}" for i in range(len(loras))]
+        for name, (path, _) in zip(names, loras, strict=True):
+            pipe.load_lora_weights(str(path), adapter_name=name)
+        pipe.set_adapters(names, adapter_weights=[w for _, w in loras])
+        pipe.fuse_lora(adapter_names=names)
+        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
+    if embedding is not None:
+        pipe.load_textual_inversion(str(embedding))
+    return save_pipeline(pipe, out_dir)
+
+
+def evaluate(model: Path | str, n: int, steps: int, **fields: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from sdkit.recipes.eval_shapes import run
+    from sdkit.schema.eval import EvalShapesRecipe
+
+    recipe = EvalShapesRecipe(model=str(model), n=n, steps=steps, cfg=[5.0], batch_size=50, **fields)
+    (score,) = run(recipe)
+    return {k: v for k, v in asdict(score).items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes", help="base model (default: the embedded shapes model)")
+    parser.add_argument("--out", type=Path, default=Path("runs/finetune-shapes"), help="work folder (runs, merged models)")
+    parser.add_argument("--results", type=Path, default=None, help="write the results JSON here too")
+    parser.add_argument("--n", type=int, default=200, help="prompts per evaluation")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps per evaluation image")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1/20 of the training steps, n=10")
+    args = parser.parse_args(argv)
+    from sdkit.models import resolve_model
+
+    model = resolve_model(args.model, hash_local=False).location
+    if not (Path(model) / "model_index.json").is_file():
+        raise SystemExit(f"{model} is not a diffusers folder: train or install the shapes model first")
+    n = 10 if args.quick else args.n
+    out = args.out
+    data = make_data(out / "data")
+    trained = {name: train(name, model, data, out, args.quick) for name in RECIPES}
+    lora = {name: out / name / "pytorch_lora_weights.safetensors" for name in ("dreambooth_lora", "lora_striped")}
+    star = {"template": CONCEPT, "expect_shape": "star", "shapes": ["star"], "heldout": False}
+    striped = {"pattern": "striped", "heldout": False}
+    results: dict[str, Any] = {"model": model, "n": n, "steps": args.steps, "cfg": 5.0, "training": trained, "eval": {}}
+    ev = results["eval"]
+    ev["base/world"] = evaluate(model, n, args.steps)
+    ev["base/sks_star"] = evaluate(model, n, args.steps, **star)
+    ev["dreambooth_full/sks_star"] = evaluate(out / "dreambooth_full/model", n, args.steps, **star)
+    ev["dreambooth_full/world"] = evaluate(out / "dreambooth_full/model", n, args.steps)
+    db_lora = merged(model, out / "merged/dreambooth_lora", [(lora["dreambooth_lora"], 1.0)])
+    ev["dreambooth_lora/sks_star"] = evaluate(db_lora, n, args.steps, **star)
+    ev["dreambooth_lora/world"] = evaluate(db_lora, n, args.steps)
+    ev["lora_striped@0/striped"] = evaluate(model, n, args.steps, **striped)
+    ev["lora_striped@1/striped"] = evaluate(merged(model, out / "merged/striped", [(lora["lora_striped"], 1.0)]), n, args.steps, **striped)
+    both = merged(model, out / "merged/both", [(lora["dreambooth_lora"], 1.0), (lora["lora_striped"], 1.0)])
+    ev["both_loras/striped_sks_star"] = evaluate(both, n, args.steps, template="a {color} striped sks shape on a {background} background",
+                                                expect_shape="star", shapes=["star"], pattern="striped", heldout=False)  # fmt: skip
+    zig = {"template": f"a {{color}} {TI_TOKEN} on a {{background}} background", "expect_shape": "triangle",
+           "shapes": ["triangle"], "heldout": False}  # fmt: skip
+    ev["base/zig_triangle"] = evaluate(model, n, args.steps, **zig)
+    ti = merged(model, out / "merged/ti", embedding=out / "textual_inversion/learned_embeds.safetensors")
+    ev["textual_inversion/zig_triangle"] = evaluate(ti, n, args.steps, **zig)
+    text = json.dumps(results, indent=2)
+    (out / "results.json").write_text(text)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
+    print(summary(results))
+    return 0
+
+
+def summary(results: dict[str, Any]) -> str:
+    ev, tr = results["eval"], results["training"]
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [
+        f"DreamBooth full  sks→star {pct(ev['dreambooth_full/sks_star']['shape'])} (base {pct(ev['base/sks_star']['shape'])}); "
+        f"world adherence {pct(ev['dreambooth_full/world']['all'])} vs base {pct(ev['base/world']['all'])}",
+        f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}",
+        f"LoRA striped     weight 1: {pct(ev['lora_striped@1/striped']['pattern'])}, weight 0: {pct(ev['lora_striped@0/striped']['pattern'])}",
+        f"Both LoRAs       star {pct(ev['both_loras/striped_sks_star']['shape'])}, striped {pct(ev['both_loras/striped_sks_star']['pattern'])}",
+        f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])})",
+    ]
+    for name, t in tr.items():
+        lines.append(f"train {name:18s} {t['steps']} steps {t['wall_seconds']} s wall, peak RSS {t['peak_rss_mb']} MB, files {t['file_bytes']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
