@@ -13,8 +13,8 @@ Two ways in:
 Writes OUT/model (a diffusers folder, safetensors), OUT/checkpoints/step-N, OUT/validation/step-N.png, OUT/loss.png,
 OUT/loss.json, OUT/loss.csv, OUT/run.json and OUT/recipe.yaml.
 
-    python -m sdkit.recipes.train_text_to_image recipes/train/shapes-base.yaml     # one job or a `jobs:` list
-    accelerate launch --multi_gpu --num_processes 2 -m sdkit.recipes.train_text_to_image FILE.yaml
+    sdkit train text-to-image --preset shapes --stage vae -d DATA -o OUT     # or a YAML recipe with `sdkit run`
+    accelerate launch --multi_gpu --num_processes 2 -m sdkit run FILE.yaml
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 from sdkit.errors import SdkitError, UserError
 from sdkit.schema.train import TrainTextToImageRecipe
@@ -370,65 +369,17 @@ def _write_recipe(recipe: TrainTextToImageRecipe, path: Path) -> None:
     path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
-def load_jobs(path: Path) -> list[Any]:
-    """A YAML file holding one job (a mapping) or `jobs:` (a list of mappings). A job's `task` is
-    train-text-to-image (the default) or data-shapes (`sdkit data shapes`, skipped when its folder is already there)."""
-    from sdkit.recipefile import load_yaml, validate
-    from sdkit.schema.data import ShapesDataRecipe
-
-    content = load_yaml(path)
-    jobs: list[Any] = content["jobs"] if isinstance(content, dict) and "jobs" in content else [content]
-    if not isinstance(jobs, list) or not jobs:
-        raise UserError(f"{path}: jobs must be a non-empty list of mappings")
-    recipes = []
-    for i, job in enumerate(jobs, 1):
-        task = job.get("task", "train-text-to-image") if isinstance(job, dict) else None
-        if task == "data-shapes":
-            recipes.append(validate(ShapesDataRecipe, {k: v for k, v in job.items() if k != "task"}, f"{path} (job {i})"))
-        elif task in ("train-text-to-image", None):
-            recipes.append(validate(TrainTextToImageRecipe, job, f"{path} (job {i})"))
-        else:
-            raise UserError(f"{path}: job {i} has task {task!r}: this entry point runs train-text-to-image and data-shapes")
-    return recipes
-
-
-def run_job(job: Any) -> Path:
-    """Run one job of `load_jobs`; return its output (the model folder, or the dataset folder)."""
-    if isinstance(job, TrainTextToImageRecipe):
-        return run(job)
-    from accelerate import PartialState
-
-    from sdkit.data import shapes
-
-    if _is_main_process():
-        shapes.run_once(job)
-    PartialState().wait_for_everyone()
-    return Path(job.out)
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sdkit.recipes.train_text_to_image FILE.yaml [--only N]`: run the file's jobs in order."""
+    """`python -m sdkit.recipes.train_text_to_image FILE.yaml`: the same as `sdkit run FILE.yaml` (sdkit.jobs)."""
     import argparse
 
+    from sdkit.jobs import load_file, run_jobs
+
     parser = argparse.ArgumentParser(prog="python -m sdkit.recipes.train_text_to_image", description=main.__doc__)
-    parser.add_argument("recipe", type=Path, help="YAML recipe: one job, or jobs: [...]")
-    parser.add_argument("--only", type=int, help="run only job N (1-based)")
+    parser.add_argument("recipe", type=Path, help="YAML recipe: one job, or jobs: [...] (see recipes/train/)")
     args = parser.parse_args(argv)
     try:
-        jobs = load_jobs(args.recipe)
-        if args.only is not None and not 1 <= args.only <= len(jobs):
-            raise UserError(f"--only {args.only}: {args.recipe} has jobs 1 to {len(jobs)}")
-        selected = [jobs[args.only - 1]] if args.only else jobs
-        for job in selected:
-            result = run_job(job)
-            if _is_main_process():
-                print(result)
+        run_jobs(load_file(args.recipe))
     except SdkitError as err:
         print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
         return err.exit_code

@@ -127,21 +127,18 @@ def make_accelerator(common):
 
 @contextlib.contextmanager
 def accelerator_session(common) -> Iterator[Any]:
-    """`make_accelerator` for the duration of a run. Afterwards a single-process run clears accelerate's process-wide
-    AcceleratorState/GradientState (accelerate keeps them in class attributes), so the next run in the same process
-    may use other settings (e.g. mixed precision); a distributed run destroys its process group instead."""
+    """`make_accelerator` for the duration of a run. Afterwards accelerate's process-wide AcceleratorState and
+    GradientState (class attributes) are cleared, so the next run in the same process may use other settings (e.g.
+    mixed precision). The process group (PartialState) stays: later jobs of the same `sdkit run` use it."""
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedType
 
     accelerator = make_accelerator(common)
     try:
         yield accelerator
     finally:
-        if accelerator.distributed_type == DistributedType.NO:
-            AcceleratorState._reset_state()
-            GradientState._reset_state()
-        else:
-            accelerator.end_training()
+        accelerator.wait_for_everyone()
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
 
 
 def step_generator(seed: int, micro: int, process_index: int) -> torch.Generator:
