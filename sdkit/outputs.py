@@ -8,6 +8,7 @@ each other, and an interrupted run leaves no partial file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -23,9 +24,24 @@ if TYPE_CHECKING:
 NUMBERED = re.compile(r"^(\d{5,})-")
 
 
+OUTPUT_ROOT_ENV = "SDKIT_OUTPUT_ROOT"
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def confine(path: Path, what: str = "output path") -> None:
+    """With SDKIT_OUTPUT_ROOT set (`sdkit run --output-root`), refuse paths that resolve outside it (.., symlinks)."""
+    root = os.environ.get(OUTPUT_ROOT_ENV)
+    if not root:
+        return
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UserError(f"{what} {path} resolves to {resolved}, outside the output root {base}: write inside it")
+
+
 def check_output_dir(out: Path) -> None:
     """Fail early, before any work, if `out` cannot become a folder we can write into. Creates nothing."""
     out = Path(out)
+    confine(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file: pass a folder with --out")
     probe = out
@@ -52,16 +68,22 @@ def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, s
     `index` fixes the number (planned runs: every process knows its names in advance); it is never bumped."""
     from PIL.PngImagePlugin import PngInfo
 
+    confine(out)
     out.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     for key, value in text.items():
         info.add_text(key, value)  # tEXt, or iTXt when not latin-1: what A1111 reads
     fd, tmp = tempfile.mkstemp(prefix=".sdkit-", suffix=".png.tmp", dir=out)
     try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                image.save(f, format="PNG", pnginfo=info)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            if err.errno in NO_SPACE:
+                raise UserError(f"no space left to write into {out} ({err.strerror}): free disk space or pass another --out") from None
+            raise
         planned = index is not None
         index = index if planned else next_index(out)
         while True:

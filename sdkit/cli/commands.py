@@ -112,22 +112,34 @@ def run_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")] = None,  # noqa: UP045
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")] = False,
     print_: Annotated[bool, typer.Option("--print", help="Print the fully resolved jobs as YAML and exit.")] = False,
+    output_root: Annotated[Optional[Path], typer.Option("--output-root", help="Refuse outputs that resolve outside this folder (for recipe files you did not write).")] = None,  # noqa: UP045
 ) -> None:
     """Run YAML recipe files: every job is validated before the first one runs; one model load per run."""
+    import os
+
     import yaml
 
     from sdkit.jobs import dry_run as check_jobs
     from sdkit.jobs import load_file, run_jobs
+    from sdkit.outputs import OUTPUT_ROOT_ENV
 
-    jobs = [job for file in files for job in load_file(file, tuple(set_ or ()))]
-    if print_:
-        print(yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end="")
-        return
-    if dry_run:
-        check_jobs(jobs)
-        print(f"ok: {len(jobs)} job(s) valid", file=sys.stderr)
-        return
-    run_jobs(jobs)
+    previous = os.environ.get(OUTPUT_ROOT_ENV)
+    if output_root is not None:
+        os.environ[OUTPUT_ROOT_ENV] = str(output_root)
+    try:
+        jobs = [job for file in files for job in load_file(file, tuple(set_ or ()))]
+        if print_:
+            print(yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end="")
+        elif dry_run:
+            check_jobs(jobs)
+            print(f"ok: {len(jobs)} job(s) valid", file=sys.stderr)
+        else:
+            run_jobs(jobs)
+    finally:
+        if previous is None:
+            os.environ.pop(OUTPUT_ROOT_ENV, None)
+        else:
+            os.environ[OUTPUT_ROOT_ENV] = previous
 
 
 @app.command("schema")
