@@ -1,0 +1,43 @@
+"""SIGKILL at random moments of a checkpointing run (10 trials): a complete checkpoint always survives, `latest`
+never picks an incomplete one, and resuming ends with the same weights as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from test_training_core import train_toy
+
+from sdkit.training import checkpoints as ckpt
+
+TARGET = Path(__file__).with_name("kill_target.py")
+FIELDS = {"max_steps": 12, "checkpointing_steps": 1, "checkpoints_total_limit": 2}
+
+
+def test_sigkill_trials(tmp_path: Path) -> None:
+    reference = train_toy(tmp_path / "reference", **FIELDS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(TARGET), str(tmp_path / "timing")], env=env, check=True, capture_output=True, timeout=300)
+    duration = time.perf_counter() - start
+    rng = random.Random(8)
+    survived = 0
+    for trial in range(10):
+        out = tmp_path / f"trial{trial}"
+        proc = subprocess.Popen([sys.executable, str(TARGET), str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 1.0) * duration)
+        proc.kill()
+        proc.wait()
+        latest = ckpt.latest_checkpoint(out)
+        if latest is not None:
+            survived += 1
+            assert ckpt.is_complete(latest)
+            assert all(ckpt.is_complete(p) for _, p in ckpt.complete_checkpoints(out))
+        resumed = train_toy(out, resume="latest", **FIELDS)  # finishes the run from whatever the kill left
+        assert all(torch.equal(reference[k], resumed[k]) for k in reference), f"trial {trial}"
+    assert survived >= 5  # most kills land after the first checkpoint: the property was really exercised
