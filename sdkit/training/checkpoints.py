@@ -13,6 +13,7 @@ nothing mistakes for a checkpoint. Old checkpoints are pruned only after the new
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdkit.errors import UserError
+from sdkit.errors import SdkitError, UserError
 
 MARKER = "checkpoint.json"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -109,7 +110,18 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, info: dict[str, An
         if tmp.exists():  # left by a crashed save of the same step
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        cause = f"no space left ({err.strerror})" if full else f"write failed: {str(err).strip().splitlines()[0][:120]}; is the disk full?"
+        kept = latest_checkpoint(output_dir)
+        raise SdkitError(
+            f"saving checkpoint step-{step} in {root}: {cause}; "
+            f"{'the previous checkpoint ' + kept.name + ' is intact' if kept else 'no earlier checkpoint exists'}: "
+            "free disk space and continue with --resume latest"
+        ) from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker = {"complete": True, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}

@@ -41,3 +41,18 @@ def test_sigkill_trials(tmp_path: Path) -> None:
         resumed = train_toy(out, resume="latest", **FIELDS)  # finishes the run from whatever the kill left
         assert all(torch.equal(reference[k], resumed[k]) for k in reference), f"trial {trial}"
     assert survived >= 5  # most kills land after the first checkpoint: the property was really exercised
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_toy(out, max_steps=2)  # step-2 is complete
+    before = {p.name for p in (out / "checkpoints").iterdir()}
+    done = subprocess.run([sys.executable, str(TARGET.with_name("full_disk_target.py")), str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: saving checkpoint step-4") and "is the disk full?" in last and "step-2 is intact" in last
+    assert {p.name for p in (out / "checkpoints").iterdir()} == before  # no half-written step-4, no temp folder
+    assert ckpt.is_complete(ckpt.latest_checkpoint(out))
+    resumed = train_toy(out, max_steps=6, resume="latest")  # with space again, the run continues from step-2
+    assert all(torch.isfinite(v).all() for v in resumed.values())
