@@ -52,7 +52,7 @@ def schema_parameters(schema: type[BaseModel], exclude: tuple[str, ...] = ()) ->
     own_first = sorted(schema.model_fields.items(), key=lambda item: item[0] in inherited)
     for name, field in own_first:
         cli = (field.json_schema_extra or {}).get("cli", {}) if isinstance(field.json_schema_extra, dict) else {}
-        if name in exclude or cli.get("hidden"):
+        if name in exclude or name == "task" or cli.get("hidden"):  # the command itself names the task
             continue
         if cli.get("argument"):
             info = typer.Argument(help=_help(field), show_default=False)

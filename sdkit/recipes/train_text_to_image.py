@@ -50,9 +50,6 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
     captions = [row[recipe.caption_column] for row in rows]
 
     with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_recipe(recipe, out / "recipe.yaml")
         set_seed(recipe.seed)
 
         # 1. load: the pipeline to fine-tune, or a preset with random weights
@@ -67,6 +64,9 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
 
         # 2. data: decode once, tokenise with the pipeline's tokenizer, optionally cache latents
         images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
+        if accelerator.is_main_process:  # every input checked: only now does the run write anything
+            out.mkdir(parents=True, exist_ok=True)
+            _write_recipe(recipe, out / "recipe.yaml")
         input_ids = data.tokenize(tokenizer, captions)
         empty_ids = data.tokenize(tokenizer, [""])[0]
         live = {"vae": vae, "text_encoder": text_encoder, "unet": unet}  # what the loss and validation run
