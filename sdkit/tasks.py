@@ -22,7 +22,9 @@ class Task:
     runner_ref: str
     output_field: str
     uses_pipelines: bool = False
-    processes: str = "main"  # under accelerate launch: "main" (rank 0 only), "all" (DDP training), "split" (work shared)
+    processes: str = (
+        "main"  # under accelerate launch: "main" (rank 0 only), "all" (DDP training), "split" (work shared)
+    )
 
     @property
     def schema(self) -> type:
@@ -32,7 +34,11 @@ class Task:
         return _load(self.runner_ref)(recipe, **kwargs)
 
     def output_of(self, recipe: Any, result: Any) -> str:
-        return str(result) if isinstance(result, (str, Path)) else str(getattr(recipe, self.output_field))
+        """What later jobs reference as ${jobs.NAME.output}: a returned path, a fine-tune's main file, or the output field."""
+        if isinstance(result, (str, Path)):
+            return str(result)
+        files = getattr(result, "files", None)
+        return str(files[0]) if files else str(getattr(recipe, self.output_field))
 
 
 def _load(ref: str) -> Any:
@@ -41,10 +47,52 @@ def _load(ref: str) -> Any:
 
 
 TASKS: tuple[Task, ...] = (
-    Task("generate", "sdkit.schema.generate:GenerateRecipe", "sdkit.recipes.generate:run", "out", uses_pipelines=True, processes="split"),
+    Task(
+        "generate",
+        "sdkit.schema.generate:GenerateRecipe",
+        "sdkit.recipes.generate:run",
+        "out",
+        uses_pipelines=True,
+        processes="split",
+    ),
     Task("eval", "sdkit.schema.eval:EvalShapesRecipe", "sdkit.recipes.eval_shapes:run", "out", uses_pipelines=True),
     Task("data-shapes", "sdkit.schema.data:ShapesDataRecipe", "sdkit.data.shapes:run_once", "out"),
-    Task("train-text-to-image", "sdkit.schema.train:TrainTextToImageRecipe", "sdkit.recipes.train_text_to_image:run", "output_dir", processes="all"),
+    Task(
+        "train-text-to-image",
+        "sdkit.schema.train:TrainTextToImageRecipe",
+        "sdkit.recipes.train_text_to_image:run",
+        "output_dir",
+        processes="all",
+    ),
+    Task(
+        "train-lora",
+        "sdkit.schema.finetune:TrainLoraRecipe",
+        "sdkit.recipes.train_lora:run",
+        "output_dir",
+        processes="all",
+    ),
+    Task(
+        "train-dreambooth",
+        "sdkit.schema.finetune:TrainDreamBoothRecipe",
+        "sdkit.recipes.train_dreambooth:run",
+        "output_dir",
+        processes="all",
+    ),
+    Task(
+        "train-textual-inversion",
+        "sdkit.schema.finetune:TrainTextualInversionRecipe",
+        "sdkit.recipes.train_textual_inversion:run",
+        "output_dir",
+        processes="all",
+    ),
+    Task(
+        "train-controlnet",
+        "sdkit.schema.control:TrainControlNetRecipe",
+        "sdkit.recipes.train_controlnet:run",
+        "output_dir",
+        processes="all",
+    ),
+    Task("preprocess", "sdkit.schema.control:PreprocessRecipe", "sdkit.recipes.preprocess:run", "output"),
 )
 
 
