@@ -7,6 +7,7 @@ the layers that received the adapter, and fails unless they agree.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -78,3 +79,20 @@ def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
             if "already in tokenizer vocabulary" in first:
                 raise UserError(f"--embedding {emb.path}: {first.split('.')[0]}: give another token as PATH:TOKEN") from None
             raise UserError(f"--embedding {emb.path} does not fit this text encoder ({first}): use one made for this model") from None
+
+
+@contextlib.contextmanager
+def adapters_applied(pipe, loras: list[LoraRef], embeddings: list[EmbeddingRef], *, fuse: bool = False):
+    """LoRAs and embeddings on a (possibly shared) pipeline for one job, removed again afterwards."""
+    try:
+        apply_embeddings(pipe, embeddings)
+        if loras:
+            apply_loras(pipe, loras, fuse=fuse)
+        yield pipe
+    finally:
+        if loras:
+            if fuse:
+                pipe.unfuse_lora()
+            pipe.unload_lora_weights()
+        if embeddings:
+            pipe.unload_textual_inversion()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sdkit import device, schedulers
+from sdkit.adapters import adapters_applied, check_file
 from sdkit.models import resolve_model
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar
@@ -45,6 +46,10 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
     if recipe.out is not None:
         check_output_dir(recipe.out)
     schedulers.resolve(recipe.scheduler)
+    for lora in recipe.lora:
+        check_file(lora.path, "--lora", False)
+    for emb in recipe.embedding:
+        check_file(emb.path, "--embedding", False)
     model = resolve_model(recipe.model)
     placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
     import numpy as np
@@ -64,7 +69,7 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
     # 3. generate and score every set at every guidance value
     scores, samples = [], []
     total = len(recipe.cfg) * sum(len(v) for v in sets.values())
-    with bar(f"eval {model.name}", total) as advance:
+    with bar(f"eval {model.name}", total) as advance, adapters_applied(pipe, recipe.lora, recipe.embedding):
         for cfg in recipe.cfg:
             judged = {name: judge(pipe, recipe, world, cfg, advance) for name, world in sets.items()}
             samples.extend((f"cfg {cfg}: {s.text}", img) for s, img, _ in judged["base"][:8])
@@ -72,6 +77,7 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
 
     # 4. report
     report = {"model": model.location, "sha256": model.sha256, "recipe": recipe.model_dump(mode="json"),
+              "loras": [str(lora.path) for lora in recipe.lora],
               "scores": [asdict(s) for s in scores]}
     if recipe.out is not None:
         write_report(Path(recipe.out), report, samples)

@@ -8,7 +8,6 @@ Image k of a run is generated alone with seed + k, so every image can be replaye
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdkit import conditioning, device, schedulers
-from sdkit.adapters import apply_embeddings, apply_loras, check_file
+from sdkit.adapters import adapters_applied, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_model
@@ -76,7 +75,7 @@ def run(
     loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle)
     base = loaded.pipe
     width, height = output_size(recipe, base, inputs.init)
-    with adapters_applied(base, recipe):
+    with adapters_applied(base, recipe.lora, recipe.embedding, fuse=recipe.fuse_lora):
         # 3. ControlNets (loaded once per run) and their control maps at the output size
         controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
@@ -107,23 +106,6 @@ def run(
                     for i, control in enumerate(controls):
                         write_beside(path, f"control-{i}-{recipe.control[i].type}", control.image)
     return results
-
-
-@contextlib.contextmanager
-def adapters_applied(pipe, recipe: GenerateRecipe):
-    """LoRAs and embeddings on a (possibly shared) pipeline for one job, removed again afterwards."""
-    try:
-        apply_embeddings(pipe, recipe.embedding)
-        if recipe.lora:
-            apply_loras(pipe, recipe.lora, fuse=recipe.fuse_lora)
-        yield pipe
-    finally:
-        if recipe.lora:
-            if recipe.fuse_lora:
-                pipe.unfuse_lora()
-            pipe.unload_lora_weights()
-        if recipe.embedding:
-            pipe.unload_textual_inversion()
 
 
 def for_mode(base, mode: str, controlnet=None):

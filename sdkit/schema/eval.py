@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from sdkit.schema.adapters import EmbeddingRef, LoraRef
 from sdkit.schema.base import Placement, cli
 
 
@@ -28,6 +29,8 @@ class EvalShapesRecipe(Placement):
         '{background} background" (default: the world\'s own captions).',
     )
     expect_shape: str | None = Field(None, description="Shape the scorer should see, when the template hides it (e.g. star).")
+    lora: list[LoraRef] = Field([], description="LoRA as PATH[:WEIGHT] applied while generating; repeatable.")
+    embedding: list[EmbeddingRef] = Field([], description="Textual-inversion embedding as PATH[:TOKEN]; repeatable.")
     heldout: bool = Field(True, description="Also score the colour x shape combinations held out of training (composition).")
     out: Path | None = Field(None, description="Folder for report.json and a labelled sample grid (optional).", json_schema_extra=cli("-o"))
     as_json: bool = Field(False, description="Print the report as JSON on stdout instead of a table.", json_schema_extra=cli(name="--json"))
