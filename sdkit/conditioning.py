@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdkit.errors import UserError
 from sdkit.images import load_image
-from sdkit.models import ASSETS, ModelRef, check_safetensors
+from sdkit.models import ASSETS, ModelRef, resolve_component
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,19 +44,7 @@ def family(pipe, model: ModelRef) -> str:
 
 def resolve_controlnet(ref: str) -> str:
     """A ControlNet reference → local folder path (checked) or hub id."""
-    target = CONTROLNET_ALIASES.get(ref.strip().lower(), ref)
-    path = Path(target).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"ControlNet folder {path} has no config.json: give a folder saved by ControlNetModel.save_pretrained")
-        for weights in path.glob("*.safetensors"):
-            check_safetensors(weights)
-        return str(path.resolve())
-    if ref.strip().lower() in CONTROLNET_ALIASES:
-        raise UserError(f"the shipped ControlNet {ref!r} is missing from {path}: reinstall sdkit")
-    if target.startswith((".", "/", "~")) or target.count("/") != 1:
-        raise UserError(f"ControlNet {ref!r} not found: no such folder, and not a hub id (org/name)")
-    return target
+    return resolve_component(ref, "ControlNet", dict(CONTROLNET_ALIASES))
 
 
 def load_controlnet(location: str, dtype):

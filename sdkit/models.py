@@ -155,6 +155,23 @@ def _is_sdxl_file(path: Path) -> bool:
         return any(k.startswith("conditioner.embedders.1.") for k in f.keys())
 
 
+def resolve_component(ref: str, what: str, aliases: dict[str, str] | None = None) -> str:
+    """A single model component (ControlNet, tiny VAE, ...): a checked local folder path, or a hub id."""
+    target = (aliases or {}).get(ref.strip().lower(), ref)
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{what} folder {path} has no config.json: give a folder saved with save_pretrained")
+        for weights in path.glob("*.safetensors"):
+            check_safetensors(weights)
+        return str(path.resolve())
+    if aliases and ref.strip().lower() in aliases:
+        raise UserError(f"the shipped {what} {ref!r} is missing from {path}: reinstall sdkit")
+    if target.startswith((".", "/", "~")) or not HUB_ID.match(target):
+        raise UserError(f"{what} {ref!r} not found: no such folder, and not a hub id (org/name)")
+    return target
+
+
 def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
     """Load the txt2img pipeline for a resolved model with diffusers' loaders (safetensors only unless allowed)."""
     import diffusers

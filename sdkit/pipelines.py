@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdkit import device
-from sdkit.models import ModelRef, load_pipeline
+from sdkit.errors import UserError
+from sdkit.models import ModelRef, load_pipeline, resolve_component
+from sdkit.schema.base import Speed
 
 
 @dataclass
@@ -25,12 +27,50 @@ class PipelineCache:
     controlnets: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
 
-    def get(self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False) -> Loaded:
-        key = (model.location, model.sha256, str(placement.device), str(placement.dtype), placement.offload, allow_pickle)
+    def get(self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False, speed: Speed | None = None) -> Loaded:
+        key = (model.location, model.sha256, str(placement.device), str(placement.dtype), placement.offload, allow_pickle,
+               speed.speed_key() if speed else None)
         if key not in self.entries:
             pipe = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=allow_pickle)
+            if speed is not None:
+                apply_speed(pipe, speed, placement)
             device.place(pipe, placement)
             pipe.set_progress_bar_config(disable=True)
             self.entries[key] = Loaded(pipe, dict(pipe.scheduler.config))
             self.loads += 1
         return self.entries[key]
+
+
+def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
+    """Switch on the memory/speed options of a recipe on a freshly loaded pipeline."""
+    import torch
+
+    if speed.tiny_vae:
+        pipe.vae = load_tiny_vae(speed.tiny_vae, pipe, placement)
+    if speed.attention_slicing:
+        pipe.enable_attention_slicing()
+    if speed.vae_slicing:
+        pipe.vae.enable_slicing()
+    if speed.vae_tiling:
+        pipe.vae.enable_tiling()
+    if speed.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+
+
+def load_tiny_vae(ref: str, pipe, placement: device.Placement):
+    """An AutoencoderTiny that fits the pipeline (same latent channels and downsampling factor)."""
+    from diffusers import AutoencoderTiny
+
+    location = resolve_component(ref, "tiny VAE")
+    try:
+        vae = AutoencoderTiny.from_pretrained(location, dtype=placement.dtype, use_safetensors=True)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load tiny VAE {location!r} ({first}): check the id/network or pass a local folder") from None
+    factor = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+    if factor != pipe.vae_scale_factor or vae.config.latent_channels != pipe.vae.config.latent_channels:
+        raise UserError(
+            f"tiny VAE {location} works at {factor}x with {vae.config.latent_channels} latent channels, this model at "
+            f"{pipe.vae_scale_factor}x with {pipe.vae.config.latent_channels}: use one made for this model family"
+        )
+    return vae

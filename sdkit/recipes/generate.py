@@ -19,7 +19,7 @@ from sdkit import conditioning, device, schedulers
 from sdkit.adapters import adapters_applied, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
-from sdkit.models import ModelRef, resolve_model
+from sdkit.models import ModelRef, resolve_component, resolve_model
 from sdkit.outputs import check_output_dir, infotext, write_beside, write_png
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
@@ -56,6 +56,8 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     for emb in recipe.embedding:
         check_file(emb.path, "--embedding", recipe.allow_pickle)
     conditioning.check_control_inputs(recipe)
+    if recipe.tiny_vae:
+        resolve_component(recipe.tiny_vae, "tiny VAE")
     model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
     return model, Inputs(init, mask)
 
@@ -72,7 +74,7 @@ def run(
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
     cache = cache if cache is not None else PipelineCache()
-    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle)
+    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe)
     base = loaded.pipe
     width, height = output_size(recipe, base, inputs.init)
     with adapters_applied(base, recipe.lora, recipe.embedding, fuse=recipe.fuse_lora):

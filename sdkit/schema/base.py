@@ -38,3 +38,18 @@ class Placement(Schema):
         "none",
         description="CPU offload on an accelerator: none | model (whole models moved in turn) | sequential (least VRAM, slowest).",
     )
+
+
+class Speed(Schema):
+    """Memory and speed switches for inference (each changes pixels at most by float rounding, except tiny_vae)."""
+
+    attention_slicing: bool = Field(False, description="Compute attention in slices: less memory, slightly slower.")
+    vae_slicing: bool = Field(False, description="Decode a batch one image at a time: less memory.")
+    vae_tiling: bool = Field(False, description="Decode large images in overlapping tiles: far less memory at high resolution.")
+    channels_last: bool = Field(False, description="Keep the UNet in channels-last memory format (often faster on GPUs).")
+    tiny_vae: str | None = Field(
+        None, description="Decode with an AutoencoderTiny (TAESD) folder or hub id, e.g. madebyollin/taesd: fast previews, lower quality."
+    )
+
+    def speed_key(self) -> tuple:
+        return (self.attention_slicing, self.vae_slicing, self.vae_tiling, self.channels_last, self.tiny_vae)

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.adapters import ControlRef, EmbeddingRef, LoraRef
-from sdkit.schema.base import Placement, cli
+from sdkit.schema.base import Placement, Speed, cli
 
 
 def _multiple_of_8(value: int | None, name: str) -> int | None:
@@ -17,7 +17,7 @@ def _multiple_of_8(value: int | None, name: str) -> int | None:
     return value
 
 
-class GenerateRecipe(Placement):
+class GenerateRecipe(Speed, Placement):
     """Generate images from a prompt: txt2img, img2img (with init_image) or inpaint (with init_image and mask)."""
 
     prompt: str = Field("", description="What to draw.", json_schema_extra=cli(argument=True))
