@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean shapes-model
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ test: install
 
 lint: install
 	$(PY) -m ruff check sdkit tests
+
+# Retrain the embedded shapes model with sdkit's own recipe (about 45 min on 2 CPU cores) and install it.
+shapes-model: install
+	OMP_NUM_THREADS=1 $(SDKIT) run recipes/train/shapes-base.yaml
+	rm -rf sdkit/assets/shapes && mkdir -p sdkit/assets && cp -r runs/shapes-base/unet/model sdkit/assets/shapes
 
 bench: install
 	$(PY) -m bench

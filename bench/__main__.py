@@ -7,7 +7,7 @@ import sys
 
 from bench.common import write_results
 
-BENCHES = ("startup", "reuse")
+BENCHES = ("startup", "reuse", "shapes_eval")
 
 
 def main(names: list[str]) -> None:
