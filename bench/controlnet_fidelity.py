@@ -9,8 +9,9 @@ background. A second part conditions on TWO Canny maps at once (MultiControlNet,
 counts how often both shapes appear (each mask at least half covered by foreground, and at least half of the
 foreground on the two shapes).
 
-    python bench/controlnet_fidelity.py --model shapes --controlnet sdkit/assets/shapes-canny --n 200 \
-        --out bench/results/controlnet_fidelity.json
+    python -m bench controlnet_fidelity        # the goals as figures in bench/results.md (+ controlnet_fidelity.json)
+    python -m bench.controlnet_fidelity --model shapes --controlnet sdkit/assets/shapes-canny --n 200 --pairs 50 \
+        --cfg 2 5 --out results.json            # the full numbers
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
 FG_MIN_DISTANCE = 30.0  # as sdkit.eval.scorer: RGB distance from the border colour below which a pixel is background
 
 
@@ -65,17 +67,17 @@ def load(model: str, controlnet: str):
     return pipe, single, double
 
 
-def generate(pipe, prompts, seeds, args, **control):
+def generate(pipe, prompts, seeds, args, cfg, **control):
     import torch
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     return pipe(
-        prompts, num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generators, height=args.size,
+        prompts, num_inference_steps=args.steps, guidance_scale=cfg, generator=generators, height=args.size,
         width=args.size, **control,
     ).images  # fmt: skip
 
 
-def single_control(pipes, args) -> dict:
+def single_control(pipes, args, cfg: float) -> dict:
     from sdkit.control import preprocess
     from sdkit.data.shapes import render, render_mask, sample_world
     from sdkit.eval.scorer import score_against, score_image
@@ -87,8 +89,8 @@ def single_control(pipes, args) -> dict:
         batch = samples[start : start + args.batch]
         prompts, seeds = [s.text for s in batch], [args.seed + start + i for i in range(len(batch))]
         maps = [preprocess("canny", render(s)) for s in batch]
-        with_control = generate(single, prompts, seeds, args, image=maps, controlnet_conditioning_scale=args.scale)
-        without = generate(pipe, prompts, seeds, args)
+        with_control = generate(single, prompts, seeds, args, cfg, image=maps, controlnet_conditioning_scale=args.scale)
+        without = generate(pipe, prompts, seeds, args, cfg)
         for sample, a, b in zip(batch, with_control, without, strict=True):
             truth = np.asarray(render_mask(sample)) > 127
             row = {"prompt": sample.text}
@@ -96,11 +98,11 @@ def single_control(pipes, args) -> dict:
                 fg, scores = foreground(image), score_against(sample, score_image(image))
                 row[name] = {"iou": iou(fg, truth), "centre_px": centre_error(fg, sample.x, sample.y), **scores}
             rows.append(row)
-        print(f"single: {len(rows)}/{args.n}", file=sys.stderr)
+        print(f"cfg {cfg} single: {len(rows)}/{args.n}", file=sys.stderr)
     return summarise(rows, ("control", "plain"))
 
 
-def two_controls(pipes, args) -> dict:
+def two_controls(pipes, args, cfg: float) -> dict:
     from sdkit.control import preprocess
     from sdkit.data.shapes import BASE_SHAPES, COLOR_NAMES, Sample, render, render_mask
 
@@ -127,8 +129,8 @@ def two_controls(pipes, args) -> dict:
             truths.append((np.asarray(render_mask(a)) > 127, np.asarray(render_mask(b)) > 127))
         pairs = [[a, b] for a, b in zip(maps_a, maps_b, strict=True)]  # per prompt: one map per ControlNet
         control = {"image": pairs, "controlnet_conditioning_scale": [args.scale, args.scale]}
-        with_control = generate(double, prompts, seeds, args, **control)
-        without = generate(pipe, prompts, seeds, args)
+        with_control = generate(double, prompts, seeds, args, cfg, **control)
+        without = generate(pipe, prompts, seeds, args, cfg)
         for (ta, tb), x, y in zip(truths, with_control, without, strict=True):
             row = {}
             for name, image in (("control", x), ("plain", y)):
@@ -141,7 +143,7 @@ def two_controls(pipes, args) -> dict:
                     "both": both,
                 }  # fmt: skip
             rows.append(row)
-        print(f"two controls: {len(rows)}/{args.pairs}", file=sys.stderr)
+        print(f"cfg {cfg} two controls: {len(rows)}/{args.pairs}", file=sys.stderr)
     return summarise(rows, ("control", "plain"))
 
 
@@ -160,34 +162,76 @@ def summarise(rows: list[dict], conditions: tuple[str, ...]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="shapes", help="base pipeline (alias, folder or hub id)")
-    parser.add_argument("--controlnet", default="sdkit/assets/shapes-canny", help="ControlNet folder")
-    parser.add_argument("--n", type=int, default=200, help="single-control scenes")
-    parser.add_argument("--pairs", type=int, default=50, help="two-control scenes (0: skip)")
-    parser.add_argument("--split", default="all", choices=("train", "heldout", "all"), help="colour x shape pairs drawn")
-    parser.add_argument("--seed", type=int, default=90_000, help="scene and noise seed (training data used 0..10)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
-    parser.add_argument("--scale", type=float, default=1.0, help="controlnet_conditioning_scale")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.controlnet_fidelity", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="shapes", help="base pipeline (alias, folder or hub id)")
+    p.add_argument("--controlnet", default=str(ROOT / "sdkit/assets/shapes-canny"), help="ControlNet folder")
+    p.add_argument("--n", type=int, default=200, help="single-control scenes")
+    p.add_argument("--pairs", type=int, default=50, help="two-control scenes (0: skip)")
+    p.add_argument("--split", default="all", choices=("train", "heldout", "all"), help="colour x shape pairs drawn")
+    p.add_argument("--seed", type=int, default=90_000, help="scene and noise seed (training data used 0..10)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, nargs="+", default=[2.0, 5.0], help="guidance scales to measure")
+    p.add_argument("--scale", type=float, default=1.0, help="controlnet_conditioning_scale")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    return p
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every measurement, per guidance scale: {"cfg 2.0": {"single_control": ..., "two_controls": ...}, ...}."""
     import torch
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     pipes = load(args.model, args.controlnet)
-    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    result: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with torch.no_grad():
-        result["single_control"] = single_control(pipes, args)
-        if args.pairs:
-            result["two_controls"] = two_controls(pipes, args)
+        for cfg in args.cfg:
+            result[f"cfg {cfg}"] = {"single_control": single_control(pipes, args, cfg)}
+            if args.pairs:
+                result[f"cfg {cfg}"]["two_controls"] = two_controls(pipes, args, cfg)
     result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def run() -> list:
+    """`python -m bench controlnet_fidelity`: the issue's goals as Figures (IoU with/without control, colour, two
+    controls), at cfg 2 (the best setting measured) and cfg 5; the full numbers go to bench/controlnet_fidelity.json."""
+    from bench.common import HERE, Figure
+
+    args = parser().parse_args([])
+    result = measure(args)
+    (HERE / "controlnet_fidelity.json").write_text(json.dumps(result, indent=2) + "\n")
+    figures = []
+    for cfg in args.cfg:
+        single, two = result[f"cfg {cfg}"]["single_control"], result[f"cfg {cfg}"].get("two_controls")
+        with_c, plain = single["control"], single["plain"]
+        detail = f"n={single['n']}, cfg {cfg:g}, {args.steps} steps"
+        figures += [
+            Figure("controlnet", f"mask IoU with control @cfg{cfg:g}", with_c["iou"], "", "≥ 0.8", with_c["iou"] >= 0.8,
+                   f"{detail}; {100 * with_c['share_iou_ge_0.8']:.0f} % of images ≥ 0.8; centre error "
+                   f"{with_c['centre_px']:.1f} px"),
+            Figure("controlnet", f"mask IoU without control @cfg{cfg:g}", plain["iou"], "", "≤ 0.4", plain["iou"] <= 0.4,
+                   f"{detail}; centre error {plain['centre_px']:.1f} px"),
+            Figure("controlnet", f"colour with control @cfg{cfg:g}", 100 * with_c["color"], "%", "≥ 90 %",
+                   with_c["color"] >= 0.9, f"{detail}; without control {100 * plain['color']:.0f} %"),
+        ]  # fmt: skip
+        if two:
+            figures.append(
+                Figure("controlnet", f"two controls both shown @cfg{cfg:g}", 100 * two["control"]["both"], "%",
+                       "≥ 80 %", two["control"]["both"] >= 0.8,
+                       f"n={two['n']}; without control {100 * two['plain']['both']:.0f} %; IoU with the two masks "
+                       f"{two['control']['iou']:.2f}")
+            )  # fmt: skip
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result = measure(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

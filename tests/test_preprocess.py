@@ -102,13 +102,14 @@ def test_annotators_from_the_environment(annotators, source, tmp_path, monkeypat
         (["hed", "{src}", "-o", "{out}"], ["ControlNetHED.pth", "lllyasviel/Annotators", "offline", "--annotators-dir"]),
         (["depth", "{src}", "-o", "{out}"], ["Intel/dpt-hybrid-midas", "--annotators-dir"]),
         (["hed", "{src}", "-o", "{out}", "--annotators-dir", "{empty}"], ["ControlNetHED.pth not found", "--annotators-dir"]),
+        (["hed", "{src}", "-o", "{out}", "--annotators-dir", "{missing}"], ["--annotators-dir", "is not a folder"]),
         (["canny", "{txt}", "-o", "{out}"], ["IMAGE", "not a readable image"]),
         (["canny", "{missing}", "-o", "{out}"], ["IMAGE", "no such file"]),
         (["canny", "{src}", "-o", "{dir}/map.jpg"], ["ending in .png"]),
         (["canny", "{src}", "-o", "{existing}"], ["exists", "--overwrite"]),
     ],
     ids=["type", "option", "option-value", "option-syntax", "hub-offline", "hub-offline-transformers", "local-missing",
-         "not-an-image", "no-image", "not-png", "existing-output"],
+         "no-annotators-dir", "not-an-image", "no-image", "not-png", "existing-output"],
 )  # fmt: skip
 def test_errors_exit_2_with_one_line_and_write_nothing(args, fragments, source, tmp_path):
     empty = tmp_path / "empty"
