@@ -22,11 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# Until the embedded shapes model ships, the demo builds a tiny random-weight model locally (no network).
-DEMO_MODEL ?= .cache/tiny-sd
+# The embedded shapes model (sdkit/assets/shapes) is the default --model: no network needed.
 demo: install
-	test -f $(DEMO_MODEL)/model_index.json || $(PY) -m sdkit.architectures tiny-sd $(DEMO_MODEL)
-	$(SDKIT) generate "a red circle on a blue background" -m $(DEMO_MODEL) --seed 1 --steps 20 --out outputs/demo
+	$(SDKIT) generate "a red circle on a blue background" --seed 1 --num-images 4 --cfg 5 --out outputs/demo
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
