@@ -20,3 +20,26 @@ def test_there_are_recipes_for_every_family() -> None:
 def test_recipe_validates(path: Path) -> None:
     jobs = load_file(path)
     assert jobs and all(job.task.schema.model_validate(job.raw) for job in jobs if "${" not in str(job.raw))
+
+
+SMALL = {
+    "shapes-txt2img.yaml": ["steps=2", "num_images=1"],
+    "shapes-sweep.yaml": ["defaults.steps=2"],
+    "shapes-eval.yaml": ["n=2", "steps=2", "batch_size=2"],
+    "shapes-base.yaml": ["jobs.0.n=12", "jobs.1.n=12", "jobs.2.max_steps=2", "jobs.2.train_batch_size=4",
+                         "jobs.2.validation_steps=null", "jobs.2.checkpointing_steps=null", "jobs.3.max_steps=2",
+                         "jobs.3.train_batch_size=4", "jobs.3.validation_steps=null", "jobs.3.checkpointing_steps=null"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_shapes_recipes_run_end_to_end(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shapes-world recipes run as written, with tiny counts, in a scratch folder (their paths are relative)."""
+    from cli_helpers import invoke
+
+    path = next(p for p in RECIPES if p.name == name)
+    monkeypatch.chdir(tmp_path)
+    sets = [a for s in SMALL[name] for a in ("--set", s)]
+    result = invoke("run", path, *sets)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert list(tmp_path.rglob("*.png")) or list(tmp_path.rglob("*.safetensors"))
