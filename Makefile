@@ -32,10 +32,10 @@ test: install
 lint: install
 	$(PY) -m ruff check sdkit tests
 
-# Retrain the embedded shapes model with sdkit's own recipe (about 45 min on 2 CPU cores) and install it.
+# Retrain the embedded shapes model with sdkit's own recipe (about 60 min on 2 CPU cores) and install it.
 shapes-model: install
 	OMP_NUM_THREADS=1 $(SDKIT) run recipes/train/shapes-base.yaml
-	rm -rf sdkit/assets/shapes && mkdir -p sdkit/assets && cp -r runs/shapes-base/unet/model sdkit/assets/shapes
+	rm -rf sdkit/assets/shapes && mkdir -p sdkit/assets && cp -r runs/shapes-base/unet2/model sdkit/assets/shapes
 
 bench: install
 	$(PY) -m bench
