@@ -99,3 +99,15 @@ def test_errors_are_one_line(tiny_sd_dir: Path, instances: Path, tmp_path: Path)
     assert_user_error(invoke(*base, "--instance-data", instances, "--rank", "8"), "rank applies only with lora")
     assert_user_error(invoke(*base, "--instance-data", instances, "--lora", "--model", tmp_path / "nomodel"), "not found")
     assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()
+
+
+def test_captioned_class_images_are_used_as_they_are(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
+    regular = shapes_dataset(tmp_path / "regular", n=3)  # an imagefolder: each class image with its own caption
+    before = snapshot(regular)
+    recipe = TrainDreamBoothRecipe(
+        model=str(tiny_sd_dir), instance_data_dir=instances, instance_prompt="a sks shape", output_dir=tmp_path / "run",
+        with_prior_preservation=True, class_prompt="a shape", class_data_dir=regular, num_class_images=2,
+        max_steps=1, threads=1, checkpointing_steps=None,
+    )  # fmt: skip
+    result = run(recipe)
+    assert result.info["class_images"] == 2 and snapshot(regular) == before  # nothing generated or changed

@@ -122,7 +122,8 @@ class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
     class_data_dir: Path | None = Field(
         None,
         description="Folder of class images; the missing ones (up to num_class_images) are generated there with the "
-        "base model and kept for later runs. None: OUT/class_images.",
+        "base model and kept for later runs. An imagefolder (metadata.jsonl) is used as it is, each image with its "
+        "caption ('text'). None: OUT/class_images.",
         json_schema_extra=cli(name="--class-data"),
     )
     num_class_images: int = Field(100, ge=1, description="Class images to train with (generated when the folder has fewer).")
