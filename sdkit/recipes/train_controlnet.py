@@ -37,7 +37,7 @@ def run(recipe: TrainControlNetRecipe) -> Path:
     from sdkit.training import data
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
 
-    # 0. cheap checks first: output folder and resume, dataset rows, validation maps (no model loaded yet)
+    # 0. cheap checks first: output folder and resume, dataset rows, validation maps, the base model (nothing loaded)
     out = Path(recipe.output_dir)
     if _finished(out, recipe):
         print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
@@ -49,6 +49,7 @@ def run(recipe: TrainControlNetRecipe) -> Path:
         if not Path(path).is_file():
             raise UserError(f"validation_conditioning image {path} does not exist: fix the path")
     captions = [row[recipe.caption_column] for row in rows]
+    base = _resolve_base(recipe)
 
     with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
         if accelerator.is_main_process:
@@ -57,7 +58,7 @@ def run(recipe: TrainControlNetRecipe) -> Path:
         set_seed(recipe.seed)
 
         # 1. load: the frozen pipeline, and the ControlNet to train
-        pipe = _load_pipeline(recipe)
+        pipe = _load_pipeline(recipe, base)
         factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         resolution = recipe.resolution or pipe.unet.config.sample_size * factor
         controlnet = _controlnet(recipe, pipe.unet, factor)
@@ -92,7 +93,10 @@ def run(recipe: TrainControlNetRecipe) -> Path:
         target = out / "controlnet"
         if accelerator.is_main_process:
             _save(result.modules["controlnet"], target)
-            info = {"control_type": recipe.control_type, "base_model": recipe.model, "resolution": resolution}
+            info = {
+                "control_type": recipe.control_type, "base_model": recipe.model, "base_sha256": base.sha256,
+                "resolution": resolution,
+            }  # fmt: skip
             (out / "control.json").write_text(json.dumps(info, indent=2) + "\n")
             print(f"controlnet saved: {target}", file=sys.stderr)
         accelerator.wait_for_everyone()
@@ -130,14 +134,21 @@ def _check_pairs(rows: list[dict[str, Any]], columns: tuple[str, str]) -> None:
                 )
 
 
-def _load_pipeline(recipe: TrainControlNetRecipe):
+def _resolve_base(recipe: TrainControlNetRecipe):
+    """The base model reference; a local one is hashed (control.json records which weights the ControlNet fits)."""
+    from sdkit.models import resolve_model
+
+    return resolve_model(recipe.model, hash_local=True)
+
+
+def _load_pipeline(recipe: TrainControlNetRecipe, base):
     """The StableDiffusionPipeline to condition, in fp32 on the CPU."""
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from sdkit.models import load_pipeline, resolve_model
+    from sdkit.models import load_pipeline
 
-    pipe = load_pipeline(resolve_model(recipe.model, hash_local=False), torch_dtype=torch.float32)
+    pipe = load_pipeline(base, torch_dtype=torch.float32)
     if not isinstance(pipe, StableDiffusionPipeline):
         raise UserError(
             f"{recipe.model} is a {type(pipe).__name__}: ControlNet training supports SD 1.x/2.x pipelines "
