@@ -19,6 +19,7 @@ from typing import Any
 from sdkit.errors import UserError
 from sdkit.training import checkpoints as ckpt
 from sdkit.training.data import IMAGE_SUFFIXES
+from sdkit.training.diffusion import denoising_loss  # noqa: F401 - the fine-tune recipes call ft.denoising_loss
 
 
 @dataclass
@@ -149,62 +150,6 @@ def image_tensors(recipe, vae, images, device, dtype, batch_size: int):
     if recipe.cache_latents:
         return "latent_dist", list(encode_latents(vae, images, batch_size, device, dtype))
     return "pixels", images
-
-
-def denoising_loss(recipe, pipe, noise_scheduler, resolution: int, device, *, empty_ids=None, caption_dropout: float = 0.0,
-                   prior_loss_weight: float = 1.0):  # fmt: skip
-    """loss_fn(batch, models, generator) for the core: `models` holds what trains ("unet" and/or "text_encoder");
-    the pipeline's own modules stand in for the rest. A batch's `prior` mask marks class images (DreamBooth):
-    loss = mean(instance) + prior_loss_weight × mean(class)."""
-    import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from sdkit.training.data import sample_latents, to_pixels
-
-    vae = pipe.vae
-    scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
-    prediction_type = noise_scheduler.config.prediction_type
-    steps = noise_scheduler.config.num_train_timesteps
-
-    def loss_fn(batch, models, generator):
-        with torch.no_grad():
-            if "latent_dist" in batch:
-                latents = sample_latents(batch["latent_dist"], generator)
-            else:
-                pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
-                latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator=generator)
-            latents = ((latents.float() - shift) * scaling).to(device)
-        bsz = latents.shape[0]
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        if recipe.noise_offset:
-            noise += recipe.noise_offset * randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
-        timesteps = torch.randint(0, steps, (bsz,), generator=generator).to(device)
-        input_ids = batch["input_ids"].clone()
-        if caption_dropout:
-            drop = (torch.rand(bsz, generator=generator) < caption_dropout).to(input_ids.device)
-            input_ids[drop] = empty_ids.to(input_ids.device)
-        text_encoder = models.get("text_encoder", pipe.text_encoder)
-        unet = models.get("unet", pipe.unet)
-        hidden = text_encoder(input_ids.to(device), return_dict=False)[0]
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
-        if "unet" not in models:  # frozen UNet, maybe in the mixed-precision dtype: feed it its own dtype
-            noisy, hidden = noisy.to(pipe.unet.dtype), hidden.to(pipe.unet.dtype)
-        pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if recipe.snr_gamma is not None:
-            snr = compute_snr(noise_scheduler, timesteps)
-            weights = torch.clamp(snr, max=recipe.snr_gamma)
-            per_sample = per_sample * (weights / snr if prediction_type == "epsilon" else weights / (snr + 1))
-        prior = batch.get("prior")
-        if prior is None or not bool(prior.any()):
-            return per_sample.mean()
-        prior = prior.to(per_sample.device)
-        return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean()
-
-    return loss_fn
 
 
 def validation_pipeline(pipe):

@@ -24,9 +24,11 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from sdkit.errors import SdkitError, UserError
 from sdkit.schema.train import TrainTextToImageRecipe
+from sdkit.training.diffusion import denoising_loss
 
 VALIDATION_IMAGES_VAE = 6  # reconstructions shown in the vae stage's validation grid
 
@@ -93,7 +95,8 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
         if recipe.stage == "vae":
             loss_fn = _vae_loss(recipe, resolution, device)
         else:
-            loss_fn = _unet_loss(recipe, resolution, noise_scheduler, live, empty_ids, weight_dtype, device)
+            loss_fn = denoising_loss(recipe, SimpleNamespace(**live), noise_scheduler, resolution, device,
+                                     empty_ids=empty_ids, caption_dropout=recipe.caption_dropout)
 
         # 4. validation
         validate = _validator(recipe, pipe, live, noise_scheduler, images, captions, accelerator)
@@ -191,53 +194,6 @@ def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
         pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
         reconstruction, kl = models["vae"](pixels, generator)
         return F.mse_loss(reconstruction.float(), pixels) + recipe.kl_weight * kl
-
-    return loss_fn
-
-
-def _unet_loss(recipe, resolution, noise_scheduler, live, empty_ids, weight_dtype, device):
-    """diffusers' train_text_to_image loss: noise, timesteps, caption dropout, target, min-SNR weighting."""
-    import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from sdkit.training.data import sample_latents, to_pixels
-
-    vae = live["vae"]
-    scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
-    prediction_type = noise_scheduler.config.prediction_type
-    steps = noise_scheduler.config.num_train_timesteps
-
-    def loss_fn(batch, models, generator):
-        with torch.no_grad():
-            if "latent_dist" in batch:
-                latents = sample_latents(batch["latent_dist"], generator)
-            else:
-                pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
-                latents = vae.encode(pixels.to(weight_dtype)).latent_dist.sample(generator=generator)
-            latents = ((latents.float() - shift) * scaling).to(device)
-        bsz = latents.shape[0]
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        if recipe.noise_offset:
-            noise += recipe.noise_offset * randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
-        timesteps = torch.randint(0, steps, (bsz,), generator=generator).to(device)
-        input_ids = batch["input_ids"].clone()
-        if recipe.caption_dropout:
-            drop = (torch.rand(bsz, generator=generator) < recipe.caption_dropout).to(input_ids.device)
-            input_ids[drop] = empty_ids.to(input_ids.device)
-        text_encoder = models.get("text_encoder", live["text_encoder"])
-        encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
-        model_pred = models["unet"](noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
-        if recipe.snr_gamma is None:
-            return F.mse_loss(model_pred.float(), target.float())
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.clamp(snr, max=recipe.snr_gamma)
-        weights = weights / snr if prediction_type == "epsilon" else weights / (snr + 1)
-        loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (loss * weights).mean()
 
     return loss_fn
 
