@@ -30,7 +30,13 @@ def test_sigkill_trials(tmp_path: Path) -> None:
     for trial in range(10):
         out = tmp_path / f"trial{trial}"
         proc = subprocess.Popen([sys.executable, str(TARGET), str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 1.0) * duration)
+        if trial % 2 == 0:  # a random moment after the first checkpoint: mid-step or mid-save, never "too early"
+            deadline = time.time() + 240
+            while ckpt.latest_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:  # a random moment of the whole run, start-up included
+            time.sleep(rng.uniform(0.2, 1.0) * duration)
         proc.kill()
         proc.wait()
         latest = ckpt.latest_checkpoint(out)
