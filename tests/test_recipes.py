@@ -26,6 +26,8 @@ SMALL = {
     "shapes-txt2img.yaml": ["steps=2", "num_images=1"],
     "shapes-sweep.yaml": ["defaults.steps=2"],
     "shapes-eval.yaml": ["n=2", "steps=2", "batch_size=2"],
+    "shapes-canny.yaml": ["jobs.0.n=8", "jobs.1.max_steps=2", "jobs.1.train_batch_size=4", "jobs.1.validation_steps=null",
+                          "jobs.1.checkpointing_steps=null"],
     "shapes-base.yaml": ["jobs.0.n=12", "jobs.1.n=12", "jobs.2.max_steps=2", "jobs.2.train_batch_size=4",
                          "jobs.2.validation_steps=null", "jobs.2.checkpointing_steps=null", "jobs.3.max_steps=2",
                          "jobs.3.train_batch_size=4", "jobs.3.validation_steps=null", "jobs.3.checkpointing_steps=null",
