@@ -103,3 +103,35 @@ def test_schema_checks():
         TrainControlNetRecipe(model="m", data_dir=Path("d"), output_dir=Path("o"), control_type="edge")
     with pytest.raises(ValueError, match="cache_latents needs"):
         TrainControlNetRecipe(model="m", data_dir=Path("d"), output_dir=Path("o"), random_flip=True)
+
+
+def test_shipped_shapes_canny_follows_its_map():
+    """The shipped ControlNet fits the shipped shapes model and draws the shape where its Canny map says."""
+    import numpy as np
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    from sdkit.control import default_controlnet, preprocess
+    from sdkit.data.shapes import Sample, render, render_mask
+    from sdkit.models import ASSETS, load_pipeline, resolve_model
+
+    assert default_controlnet("canny", "shapes") == "shapes-canny"
+    pipe = load_pipeline(resolve_model("shapes", hash_local=False), torch_dtype=torch.float32)
+    controlnet = ControlNetModel.from_pretrained(ASSETS / "shapes-canny")
+    assert controlnet.config.cross_attention_dim == pipe.unet.config.cross_attention_dim
+    assert 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1) == pipe.vae_scale_factor
+    control_pipe = StableDiffusionControlNetPipeline.from_pipe(pipe, controlnet=controlnet)
+    control_pipe.set_progress_bar_config(disable=True)
+    scenes = [Sample("square", "red", "blue", 20, 40, 24), Sample("circle", "yellow", "purple", 42, 24, 30)]
+    images = control_pipe(
+        [s.text for s in scenes], image=[preprocess("canny", render(s)) for s in scenes], num_inference_steps=20,
+        guidance_scale=2.0, generator=[torch.Generator().manual_seed(i) for i in range(len(scenes))],
+    ).images  # fmt: skip
+    overlaps = []
+    for scene, image in zip(scenes, images, strict=True):
+        rgb = np.asarray(image, dtype=np.float64)
+        drawn = (
+            np.linalg.norm(rgb - np.median(rgb[[0, -1]].reshape(-1, 3), axis=0), axis=2) > 60
+        )  # off the border colour
+        truth = np.asarray(render_mask(scene)) > 127
+        overlaps.append((drawn & truth).sum() / (drawn | truth).sum())
+    assert min(overlaps) >= 0.7, overlaps
