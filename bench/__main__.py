@@ -7,7 +7,7 @@ import sys
 
 from bench.common import write_results
 
-BENCHES = ("startup", "reuse", "shapes_eval")
+BENCHES = ("startup", "reuse", "shapes_eval", "controlnet_fidelity")
 
 
 def main(names: list[str]) -> None:

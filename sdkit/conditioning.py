@@ -111,7 +111,7 @@ def prepare(recipe: GenerateRecipe, pipe, model: ModelRef, placement, size: tupl
         if recipe.control_preprocessed or control.preprocessed:
             image = source
         else:
-            image = preprocess(control.type, source, annotators_dir=recipe.annotators_dir)
+            image = preprocess(control.type, source, annotators_dir=recipe.annotators_dir, device=str(placement.device))
         controls.append(Control(loaded[key], location, image.convert("RGB").resize(size), control.scale, control.start, control.end))
     return controls
 
