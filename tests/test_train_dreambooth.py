@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from cli_helpers import assert_user_error, invoke, snapshot
 from finetune_helpers import generate, in_memory, shapes_dataset, tensors
 
@@ -44,6 +45,8 @@ def test_full_fine_tune_with_prior_preservation(tiny_sd_dir: Path, instances: Pa
     assert any(not (before[k] == after[k]).all() for k in before if k.startswith("unet."))
     assert all((before[k] == after[k]).all() for k in before if not k.startswith("unet."))  # only the UNet trained
     StableDiffusionPipeline.from_pretrained(tmp_path / "a/model")  # a plain diffusers folder
+    saved = TrainDreamBoothRecipe.model_validate(yaml.safe_load((tmp_path / "a/recipe.yaml").read_text()))
+    assert saved.learning_rate == 0.01 and saved.lora is False  # the resolved recipe validates again
 
     stamps = {p: p.stat().st_mtime_ns for p in made}
     second = invoke(*args, "-o", tmp_path / "b", "--num-class-images", "4")  # 3 cached, 1 more generated

@@ -64,7 +64,7 @@ def test_files_reproduce_the_in_memory_embedding(trained, tiny_sd_dir: Path, tmp
     assert np.abs(plain - memory).mean() > 0.5
     meta = read_metadata(a1111_file)
     assert (meta["sdkit.token"], meta["sdkit.init_token"], meta["sdkit.num_vectors"]) == ("<zig>", "circle", "2")
-    assert json.loads(meta["sdkit.recipe"])["token"] == "<zig>"
+    assert TrainTextualInversionRecipe.model_validate(json.loads(meta["sdkit.recipe"])).token == "<zig>"
 
 
 def test_cli_with_metadata_captions(tiny_sd_dir: Path, tmp_path: Path) -> None:

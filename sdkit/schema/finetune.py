@@ -145,7 +145,10 @@ class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
     def _check_dreambooth(self) -> TrainDreamBoothRecipe:
         if self.with_prior_preservation and not self.class_prompt:
             raise ValueError("with_prior_preservation needs class_prompt (e.g. 'a photo of dog')")
-        lora_only = sorted(self.model_fields_set & (set(LoraFields.model_fields) - {"trigger_word"}))
+        lora_only = sorted(  # set to something else than their default (a saved recipe lists every field)
+            name for name in set(LoraFields.model_fields) - {"trigger_word"}
+            if getattr(self, name) != LoraFields.model_fields[name].get_default(call_default_factory=True)
+        )  # fmt: skip
         if lora_only and not self.lora:
             verb = "applies" if len(lora_only) == 1 else "apply"
             raise ValueError(f"{', '.join(lora_only)} {verb} only with lora: true (a full fine-tune saves a pipeline)")
