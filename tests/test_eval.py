@@ -32,3 +32,12 @@ def test_eval_errors(tmp_path: Path, tiny_sd_dir: Path) -> None:
     assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--lora", tmp_path / "none.safetensors"), "no such file")
     assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--shapes", "hexagon"), "hexagon")
     assert_user_error(invoke("eval", "shapes", "-m", tmp_path / "nope"), "not found")
+
+
+def test_eval_no_heldout_switches_a_true_default_off(tiny_sd_dir: Path) -> None:
+    args = ["eval", "shapes", "-m", tiny_sd_dir, "--n", "2", "--steps", "1", "--json"]
+    on = json.loads(invoke(*args, "--heldout").stdout)
+    off = invoke(*args, "--no-heldout")
+    assert off.exit_code == 0, off.output
+    assert on["scores"][0]["heldout_n"] == 2
+    assert json.loads(off.stdout)["scores"][0]["heldout_n"] == 0

@@ -58,6 +58,8 @@ def schema_parameters(schema: type[BaseModel], exclude: tuple[str, ...] = ()) ->
             info = typer.Argument(help=_help(field), show_default=False)
         else:
             main = cli.get("name") or flag_name(name)
+            if _cli_type(field.annotation) is bool:  # --flag / --no-flag: a default of true can be switched off
+                main = f"{main}/--no-{main.removeprefix('--')}"
             info = typer.Option(main, *cli.get("flags", []), help=_help(field), show_default=False)
         annotation = Annotated[typing.Optional[_cli_type(field.annotation)], info]  # noqa: UP045 - typer needs it
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
