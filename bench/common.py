@@ -50,9 +50,11 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def write_results(figures: list[Figure]) -> Path:
-    """Merge these figures into bench/results.json (by bench+name) and rewrite bench/results.md."""
-    path = HERE / "results.json"
+def write_results(figures: list[Figure], folder: Path | None = None) -> Path:
+    """Merge these figures into results.json (by bench+name) and rewrite results.md, in `folder` (default bench/)."""
+    folder = Path(folder) if folder is not None else HERE
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
     old = json.loads(path.read_text()) if path.exists() else {"figures": []}
     merged = {(f["bench"], f["name"]): f for f in old["figures"]}
     merged.update({(f.bench, f.name): asdict(f) for f in figures})
@@ -63,5 +65,5 @@ def write_results(figures: list[Figure]) -> Path:
     for f in data["figures"]:
         met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
         lines.append(f"| {f['bench']} | {f['name']} | {f['value']:.3g} {f['unit']} | {f['goal']} | {met} | {f['detail']} |")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
-    return HERE / "results.md"
+    (folder / "results.md").write_text("\n".join(lines) + "\n")
+    return folder / "results.md"
