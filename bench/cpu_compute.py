@@ -1,0 +1,349 @@
+"""Real-scale CPU compute: SD 1.5's UNet and VAE (published configs, random weights) in diffusers' default fp32 against
+the candidate fast paths, with this machine's matmul peak measured in the same run.
+
+One UNet step with classifier-free guidance = one forward pass at batch 2. Per variant: s/step (median), ratio to
+diffusers' default (fp32, its default attention processor), fraction of the measured matmul peak of the variant's
+compute dtype (FLOPs counted with torch's FlopCounterMode on the meta device), and PSNR of the output against fp32
+for the same inputs (noise prediction: peak = the fp32 output's range; decoded image: [0, 1] pixels, peak 1).
+A variant "holds quality" at ≥ QUALITY_DB; the recommendation is the fastest such variant at the largest size.
+
+    python -m bench.cpu_compute [--quick] [--compile] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from bench.common import Figure, write_results
+from bench.sd_configs import build_taesd, build_unet, build_vae
+
+BENCH = "cpu_compute"
+QUALITY_DB = 30.0  # PSNR against fp32 below which a variant does not hold output quality
+GOAL = "≤ 0.33× diffusers default, ≥ 50 % of peak"
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor, peak: float | None = None) -> float:
+    """Peak signal-to-noise ratio of `test` against `reference` in dB; peak defaults to the reference's range."""
+    ref, out = reference.double(), test.double()
+    mse = torch.mean((ref - out) ** 2).item()
+    if peak is None:
+        peak = (ref.max() - ref.min()).item()
+    if mse == 0:
+        return math.inf
+    return 10 * math.log10(peak**2 / mse)
+
+
+def matmul_gflops(n: int, seconds: float) -> float:
+    """GFLOP/s of an n×n by n×n matmul (2n³ floating-point operations) that took `seconds`."""
+    return 2 * n**3 / seconds / 1e9
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Best GFLOP/s of a large square torch.matmul in `dtype` on all of torch's threads."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    torch.matmul(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return matmul_gflops(n, best)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def unet_inputs(size: int, batch: int = 2, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(size)
+    latents = torch.randn(batch, 4, size // 8, size // 8, generator=gen)
+    text = torch.randn(batch, 77, 768, generator=gen)
+    return latents.to(device), torch.full((batch,), 500, device=device), text.to(device)
+
+
+def unet_flops(size: int, batch: int = 2) -> int:
+    """FLOPs of one SD 1.5 UNet forward at `size` px and `batch`, counted on the meta device (no compute). Attention
+    runs through the classic bmm processor there, which FlopCounterMode counts (its CPU SDPA kernel is not)."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = build_unet("sd15", device="meta")
+    unet.set_attn_processor(AttnProcessor())
+    latents, t, text = unet_inputs(size, batch, device="meta")
+    return count_flops(lambda: unet(latents, t, encoder_hidden_states=text))
+
+
+def decoder_flops(vae, size: int) -> int:
+    """FLOPs of decoding one `size` px image (counted on a meta-device copy: no compute)."""
+    meta = copy.deepcopy(vae).to("meta")
+    dtype = next(meta.parameters()).dtype
+    return count_flops(lambda: meta.decode(torch.empty(1, 4, size // 8, size // 8, device="meta", dtype=dtype)))
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    bf16_weights: bool = False
+    autocast: bool = False  # bf16 autocast over fp32 weights
+    onednn_bf16: bool = False  # fp32 weights, oneDNN allowed to compute fp32 matmul/conv in bf16
+    channels_last: bool = False
+    attention: str = "default"  # default (diffusers: SDPA) | classic (AttnProcessor: bmm + softmax)
+    threads: int | None = None  # None: torch's default
+    compile: bool = False
+    sizes: tuple[int, ...] = (512, 256)
+
+    @property
+    def compute_dtype(self) -> str:
+        return "bf16" if self.bf16_weights or self.autocast or self.onednn_bf16 else "fp32"
+
+
+def variants(compile_: bool) -> list[Variant]:
+    found = [
+        Variant("diffusers default (fp32, SDPA)"),
+        Variant("fp32 classic attention", attention="classic", sizes=(256,)),
+        Variant("fp32 channels_last", channels_last=True, sizes=(256,)),
+        Variant("fp32 oneDNN bf16 math", onednn_bf16=True, sizes=(256,)),
+        Variant("bf16 autocast", autocast=True, sizes=(256,)),
+        Variant("bf16 weights", bf16_weights=True),
+        Variant("bf16 weights + channels_last", bf16_weights=True, channels_last=True),
+        Variant(
+            "bf16 weights + channels_last, 1 thread", bf16_weights=True, channels_last=True, threads=1, sizes=(256,)
+        ),
+    ]
+    if compile_:
+        found.append(
+            Variant("bf16 + channels_last + torch.compile", bf16_weights=True, channels_last=True, compile=True)
+        )
+    return found
+
+
+class Applied:
+    """A variant's settings on the shared fp32/bf16 UNets, undone on exit."""
+
+    def __init__(self, variant: Variant, fp32_unet, bf16_unet):
+        self.v, self.unet = variant, bf16_unet if variant.bf16_weights else fp32_unet
+
+    def __enter__(self):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        self.threads = torch.get_num_threads()
+        self.precision = torch.backends.mkldnn.fp32_precision
+        if self.v.threads:
+            torch.set_num_threads(self.v.threads)
+        if self.v.onednn_bf16:
+            torch.backends.mkldnn.fp32_precision = "bf16"
+        if self.v.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if self.v.attention == "classic":
+            self.processors = self.unet.attn_processors
+            self.unet.set_attn_processor(AttnProcessor())
+        model = torch.compile(self.unet) if self.v.compile else self.unet
+        dtype = torch.bfloat16 if self.v.bf16_weights else torch.float32
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.v.autocast else nullcontext()
+        fmt = torch.channels_last if self.v.channels_last else torch.contiguous_format
+
+        def step(latents, t, text):
+            with torch.inference_mode(), autocast:
+                x = latents.to(dtype).contiguous(memory_format=fmt)
+                return model(x, t, encoder_hidden_states=text.to(dtype)).sample.float()
+
+        return step
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.threads)
+        torch.backends.mkldnn.fp32_precision = self.precision
+        if self.v.channels_last:
+            self.unet.to(memory_format=torch.contiguous_format)
+        if self.v.attention == "classic":
+            self.unet.set_attn_processor(self.processors)
+        if self.v.compile:
+            torch._dynamo.reset()
+
+
+def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, float, torch.Tensor]:
+    """(first call's seconds, median of `repeats` further calls, last output)."""
+    start = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times), out
+
+
+def log(message: str) -> None:
+    print(f"[cpu_compute] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    seconds: float
+    base: float  # diffusers default's seconds for the same work
+    flops: int
+    dtype: str  # compute dtype: which peak applies
+    quality: float | None  # PSNR vs fp32 (None: not comparable)
+    detail: str
+
+
+def figure(m: Measured, peaks: dict[str, float]) -> Figure:
+    ratio, fraction = m.seconds / m.base, m.flops / m.seconds / 1e9 / peaks[m.dtype]
+    quality = m.quality
+    shown = "n/a" if quality is None else ("exact" if math.isinf(quality) else f"{quality:.1f} dB")
+    # without a PSNR (a preview decoder) the goal does not apply: previews never become a default
+    met = None if quality is None else ratio <= 0.33 and fraction >= 0.5 and quality >= QUALITY_DB
+    return Figure(
+        BENCH,
+        m.name,
+        m.seconds,
+        "s",
+        GOAL if quality is not None else "preview only (other network)",
+        met,
+        f"{ratio:.2f}× default · {fraction:.0%} of {m.dtype} peak · PSNR {shown} vs fp32 · {m.detail}",
+    )
+
+
+def run_unet(sizes: tuple[int, ...], repeats: int, compile_: bool) -> list[Measured]:
+    fp32 = build_unet("sd15")
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    measured = []
+    for size in sizes:
+        flops = unet_flops(size)
+        inputs = unet_inputs(size)
+        reference, base = None, None
+        for v in variants(compile_):
+            if size not in v.sizes:
+                continue
+            with Applied(v, fp32, bf16) as step:
+                first, seconds, out = timed(lambda s=step, x=inputs: s(*x), repeats)
+            if reference is None:
+                reference, base = out, seconds
+            extra = f", compile + first call {first:.0f} s" if v.compile else ""
+            detail = f"{size} px, batch 2 (CFG), {flops / 2e9:.0f} GFLOP/sample, median of {repeats}{extra}"
+            measured.append(
+                Measured(f"unet {size}px {v.name}", seconds, base, flops, v.compute_dtype, psnr(reference, out), detail)
+            )
+            log(
+                f"{measured[-1].name}: {seconds:.2f} s/step ({seconds / base:.2f}×, PSNR {measured[-1].quality:.1f} dB)"
+            )
+    return measured
+
+
+def to_image(decoded: torch.Tensor) -> torch.Tensor:
+    return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+
+def run_vae(size: int, repeats: int) -> list[Measured]:
+    latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
+    vae = build_vae("sd15")
+    candidates = [("vae decode fp32 (diffusers default)", vae, "fp32", False),
+                  ("vae decode bf16 weights", copy.deepcopy(vae).to(torch.bfloat16), "bf16", False),
+                  ("vae decode bf16 weights + channels_last", None, "bf16", True),
+                  ("taesd decode fp32 (preview)", build_taesd(), "fp32", False),
+                  ("taesd decode bf16 (preview)", build_taesd(dtype=torch.bfloat16), "bf16", False)]  # fmt: skip
+    measured, reference, base = [], None, None
+    for name, model, dtype, channels_last in candidates:
+        model = model if model is not None else candidates[1][1]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(memory_format=fmt)
+        z = latents.to(next(model.parameters()).dtype).contiguous(memory_format=fmt)
+        # AutoencoderTiny decodes raw latents; scale them as the pipeline does so both see the same input
+        scaled = z if "taesd" in name else z / vae.config.scaling_factor
+
+        def decode(m=model, x=scaled):
+            with torch.inference_mode():
+                return m.decode(x).sample
+
+        _, seconds, out = timed(decode, repeats)
+        model.to(memory_format=torch.contiguous_format)
+        image = to_image(out)
+        if reference is None:
+            reference, base = image, seconds
+        # a random-weight TAESD is a different network from the VAE: its pixels say nothing about quality
+        quality = None if "taesd" in name else psnr(reference, image, peak=1.0)
+        flops = decoder_flops(model, size)
+        measured.append(
+            Measured(
+                f"{name} {size}px",
+                seconds,
+                base,
+                flops,
+                dtype,
+                quality,
+                f"{size} px, 1 image, {flops / 1e9:.0f} GFLOP, median of {repeats}",
+            )
+        )
+        log(f"{measured[-1].name}: {seconds:.2f} s ({seconds / base:.2f}×)")
+    return measured
+
+
+def recommend(measured: list[Measured], size: int) -> Figure:
+    """The fastest UNet variant at `size` px whose output holds quality (PSNR ≥ QUALITY_DB vs fp32)."""
+    rows = [
+        m
+        for m in measured
+        if m.name.startswith(f"unet {size}px ") and m.quality is not None and m.quality >= QUALITY_DB
+    ]
+    best = min(rows, key=lambda m: m.seconds)
+    ratio = best.seconds / best.base
+    shown = "exact" if math.isinf(best.quality) else f"{best.quality:.1f} dB"
+    return Figure(
+        BENCH,
+        "recommended CPU fast path",
+        ratio,
+        "×",
+        "≤ 0.33× diffusers default",
+        ratio <= 0.33,
+        f"{best.name}: {best.seconds:.2f} s/step, PSNR {shown} (fastest with PSNR ≥ {QUALITY_DB:.0f} dB vs fp32)",
+    )
+
+
+def run(quick: bool = False, compile_: bool = False) -> list[Figure]:
+    """Peaks, UNet variants at 512 and 256 px (256 only with quick), VAE/TAESD decodes. ≈ 6–8 min on 2 cores."""
+    threads = torch.get_num_threads()
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    log(f"matmul peak on {threads} threads: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    sizes = (256,) if quick else (512, 256)
+    repeats = 1 if quick else 2
+    measured = run_unet(sizes, repeats, compile_) + run_vae(256 if quick else 512, repeats)
+    # the peak is the best the machine showed: measured again at the end (a shared machine's speed varies)
+    again = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    log(f"matmul peak again: fp32 {again['fp32']:.0f} GFLOP/s, bf16 {again['bf16']:.0f} GFLOP/s")
+    peaks = {k: max(peaks[k], again[k]) for k in peaks}
+    figures = [Figure(BENCH, f"matmul peak {k}", v, "GFLOP/s", "reference", None,
+                      f"2048² torch.matmul, best of 10 at the start and 10 at the end, {threads} threads")
+               for k, v in peaks.items()]  # fmt: skip
+    return figures + [figure(m, peaks) for m in measured] + [recommend(measured, max(sizes))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_compute", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="256 px only, one repeat (a smoke run)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (first call takes minutes)")
+    parser.add_argument("--no-write", action="store_true", help="print the figures, do not touch bench/results.*")
+    args = parser.parse_args(argv)
+    figures = run(quick=args.quick, compile_=args.compile)
+    for f in figures:
+        print(f"{f.name:55s} {f.value:9.3f} {f.unit:7s} {f.detail}")
+    if not args.no_write:
+        print(write_results(figures))
+
+
+if __name__ == "__main__":
+    main()
