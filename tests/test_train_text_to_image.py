@@ -84,6 +84,21 @@ def test_vae_stage_measures_scaling_factor(shapes_data, tmp_path):
     assert (tmp_path / "validation/step-2.png").is_file()  # originals beside reconstructions
 
 
+def test_decoder_only_vae_fine_tune_keeps_the_latent_space(shapes_data, tiny_sd_dir, tmp_path):
+    model_dir = run(recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), stage="vae", max_steps=2,
+                           train_vae_encoder=False, checkpointing_steps=None))  # fmt: skip
+    before, after = weights(tiny_sd_dir), weights(model_dir)
+    frozen = [k for k in before if k.startswith(("vae.encoder.", "vae.quant_conv."))]
+    trained = [k for k in before if k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    assert frozen and trained
+    assert all((before[k] == after[k]).all() for k in frozen)  # same encoder: the same latents for every image
+    assert any(not (before[k] == after[k]).all() for k in trained)
+    config = lambda d: json.loads((d / "vae/config.json").read_text())["scaling_factor"]  # noqa: E731
+    assert config(model_dir) == config(tiny_sd_dir)
+    with pytest.raises(ValueError, match="decoder-only"):
+        recipe(shapes_data, tmp_path, stage="vae", train_vae_encoder=False)  # a preset has no encoder worth keeping
+
+
 def test_resume_from_a_checkpoint_is_exact(shapes_data, tmp_path):
     # 10 images, batch 3, 2 micro-batches per step; EMA, text encoder, caption dropout and a cosine schedule all on.
     fields = {"max_steps": 5, "gradient_accumulation_steps": 2, "checkpointing_steps": 3, "use_ema": True,

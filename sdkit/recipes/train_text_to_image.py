@@ -75,6 +75,10 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
         if recipe.stage == "vae":
             trainable = {"vae": _autoencoder_loss(vae)}
             vae.requires_grad_(True)
+            if not recipe.train_vae_encoder:  # decoder-only: the encoder, and so the latent space, stay as they are
+                for module in (vae.encoder, vae.quant_conv):
+                    if module is not None:
+                        module.requires_grad_(False)
         else:
             trainable = {"unet": unet}
             unet.requires_grad_(True)

@@ -133,6 +133,11 @@ class TrainTextToImageRecipe(TrainCommon):
     noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
     train_text_encoder: bool = Field(False, description="unet stage: also train the text encoder.")
     kl_weight: float = Field(1e-6, ge=0, description="vae stage: weight of the KL term beside the reconstruction MSE.")
+    train_vae_encoder: bool = Field(
+        True,
+        description="vae stage: also train the encoder. false = decoder-only fine-tune (as Stability's sd-vae-ft-mse): "
+        "the latent space stays the same, so UNets, LoRAs and ControlNets trained on it keep working.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainTextToImageRecipe:
@@ -144,6 +149,8 @@ class TrainTextToImageRecipe(TrainCommon):
             raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
             raise ValueError("rescale_betas_zero_snr needs prediction_type v_prediction (epsilon is undefined at zero SNR)")
+        if not self.train_vae_encoder and (self.stage != "vae" or self.model is None):
+            raise ValueError("train_vae_encoder false (decoder-only) needs stage vae and a model to fine-tune")
         if self.cache_latents and (self.stage == "vae" or self.random_flip or not self.center_crop):
             raise ValueError("cache_latents needs stage unet, center_crop true and random_flip false")
         return self
