@@ -6,12 +6,18 @@ measured with os.wait4), then `sdkit.recipes.eval_shapes.run` scores generated i
 at the given weights with diffusers' fuse_lora, or the embedding loaded into the tokenizer and text encoder).
 
 Concepts absent from the base model's training set:
-  * DreamBooth: "a sks shape" = the star, from 5 star images; prior preservation with "a shape" images from the base.
-    Concept rate = share of "a <colour> sks shape on a <background> background" images the scorer reads as stars.
-    Also the base world's own prompts before/after (class-prompt adherence must not drop > 5 points).
+  * DreamBooth: "sks" = the star, from 5 star images prompted "a <colour> sks on a <background> background" (the
+    prompt template filled from each image's metadata). "sks" takes the shape word's place because the base model's
+    tiny text encoder only ever saw captions of one fixed structure: one extra word ("a red sks shape on ...") shifts
+    the colour and background words to positions it never learned (the base then scores 13 % colour, 3 % background).
+    Prior preservation: 50 images the base model generates for the base world's own captions, each trained with its
+    caption (the world has no class noun the base knows: "shape" never occurs in its captions). Concept rate = share
+    of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after
+    shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
     share of striped-prompt images read as striped, at LoRA weight 1 and 0; and with the DreamBooth LoRA stacked.
-  * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape").
+  * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape"), from 20 captioned triangles;
+    compared with the base model prompted with the word "triangle" itself (what an embedding can at best recover).
 
     OMP_NUM_THREADS=1 python bench/finetune_shapes.py --model shapes --out runs/finetune-shapes \
         --results bench/results/finetune_shapes.json
@@ -29,23 +35,26 @@ from pathlib import Path
 from typing import Any
 
 SDKIT = [sys.executable, "-m", "sdkit"]
-CONCEPT = "a {color} sks shape on a {background} background"
+CONCEPT = "a {color} sks on a {background} background"  # "sks" takes the shape word's place: see the docstring
 TI_TOKEN = "<zig>"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attention and the resnets' convolutions
 
 # Training recipes (YAML fields of the task's schema); --quick divides max_steps by 20.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "dreambooth_full": ("dreambooth", {
-        "instance_prompt": "a sks shape", "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 400, "train_batch_size": 4,
-        "learning_rate": 2e-4, "train_text_encoder": False,
+        "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
+        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4,
+        "learning_rate": 1e-4,
     }),
     "dreambooth_lora": ("dreambooth", {
-        "instance_prompt": "a sks shape", "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 400, "train_batch_size": 4,
-        "lora": True, "rank": 8, "learning_rate": 2e-3, "trigger_word": "sks",
+        "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
+        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4,
+        "lora": True, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True, "learning_rate": 1e-3,
+        "trigger_word": "sks",
     }),
     "lora_striped": ("lora", {
-        "max_steps": 600, "train_batch_size": 16, "rank": 8, "learning_rate": 2e-3, "trigger_word": "striped",
+        "max_steps": 2500, "train_batch_size": 16, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True,
+        "learning_rate": 1e-3, "trigger_word": "striped",
     }),
     "textual_inversion": ("textual-inversion", {
         "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
@@ -55,20 +64,51 @@ COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0,
 
 
 def make_data(root: Path) -> dict[str, Path]:
-    """Star instances (5), striped images with captions (100), triangles captioned with the new token (20)."""
+    """Star instances (5), striped images with captions (300), triangles captioned with the new token (20)."""
     from sdkit.data.shapes import write_dataset
 
     paths = {"star": root / "star", "striped": root / "striped", "zig": root / "zig"}
     if not paths["star"].exists():
         write_dataset(paths["star"], 5, seed=101, shapes=["star"], split="all")
     if not paths["striped"].exists():
-        write_dataset(paths["striped"], 100, seed=102, pattern="striped")
+        write_dataset(paths["striped"], 300, seed=102, pattern="striped")
     if not paths["zig"].exists():
         write_dataset(paths["zig"], 20, seed=103, shapes=["triangle"], split="all")
         meta = paths["zig"] / "metadata.jsonl"
         rows = [json.loads(line) for line in meta.read_text().splitlines()]
         meta.write_text("".join(json.dumps({**r, "text": r["text"].replace("triangle", TI_TOKEN)}) + "\n" for r in rows))
     return paths
+
+
+def world_class_images(model: str, folder: Path, n: int) -> Path:
+    """Prior-preservation images: the base model's own pictures of the base world's captions, as an imagefolder (each
+    class image then trains with its caption, so the model keeps drawing the world it knew)."""
+    import numpy as np
+    import torch
+
+    from sdkit import schedulers
+    from sdkit.data.shapes import sample_world
+    from sdkit.models import load_pipeline, resolve_model
+
+    if (folder / "metadata.jsonl").is_file():
+        return folder
+    pipe = load_pipeline(resolve_model(model, hash_local=False), torch_dtype=torch.float32)
+    pipe.scheduler = schedulers.build("DPM++ 2M", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = sample_world(np.random.default_rng(7), n)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for start in range(0, n, 25):
+        batch = scenes[start : start + 25]
+        gens = [torch.Generator().manual_seed(10_000 + start + i) for i in range(len(batch))]
+        with torch.no_grad():
+            images = pipe([s.text for s in batch], num_inference_steps=20, guidance_scale=5.0, generator=gens).images
+        for i, (scene, image) in enumerate(zip(batch, images, strict=True)):
+            name = f"images/{start + i:05d}.png"
+            image.save(folder / name)
+            rows.append(json.dumps({"file_name": name, "text": scene.text}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
 
 
 def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) -> dict[str, Any]:
@@ -83,9 +123,9 @@ def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) 
         if "num_class_images" in recipe:
             recipe["num_class_images"] = 4
     if command == "dreambooth":
-        recipe["instance_data_dir"] = str(data["star"] / "images")
-        recipe["class_data_dir"] = str(out / "class_images")
-        recipe["validation_prompts"] = ["a red sks shape on a blue background", "a shape"]
+        recipe["instance_data_dir"] = str(data["star"])  # imagefolder: CONCEPT is filled from each image's metadata
+        recipe["class_data_dir"] = str(world_class_images(model, out / "class_images", recipe["num_class_images"]))
+        recipe["validation_prompts"] = [CONCEPT.format(color="red", background="blue"), "a green circle on a white background"]
     elif command == "lora":
         recipe["data_dir"] = str(data["striped"])
         recipe["validation_prompts"] = ["a red striped circle on a blue background"]
@@ -145,13 +185,14 @@ def merged(model: str, out_dir: Path, loras: list[tuple[Path, float]] = (), embe
     return save_pipeline(pipe, out_dir)
 
 
-def evaluate(model: Path | str, n: int, steps: int, **fields: Any) -> dict[str, Any]:
+def evaluate(model: Path | str, n: int, steps: int, out: Path, **fields: Any) -> dict[str, Any]:
+    """`sdkit eval shapes` at cfg 5; report.json and a sample grid go to `out`."""
     from dataclasses import asdict
 
     from sdkit.recipes.eval_shapes import run
     from sdkit.schema.eval import EvalShapesRecipe
 
-    recipe = EvalShapesRecipe(model=str(model), n=n, steps=steps, cfg=[5.0], batch_size=50, **fields)
+    recipe = EvalShapesRecipe(model=str(model), n=n, steps=steps, cfg=[5.0], batch_size=50, out=out, **fields)
     (score,) = run(recipe)
     return {k: v for k, v in asdict(score).items() if v is not None}
 
@@ -179,23 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     striped = {"pattern": "striped", "heldout": False}
     results: dict[str, Any] = {"model": model, "n": n, "steps": args.steps, "cfg": 5.0, "training": trained, "eval": {}}
     ev = results["eval"]
-    ev["base/world"] = evaluate(model, n, args.steps)
-    ev["base/sks_star"] = evaluate(model, n, args.steps, **star)
-    ev["dreambooth_full/sks_star"] = evaluate(out / "dreambooth_full/model", n, args.steps, **star)
-    ev["dreambooth_full/world"] = evaluate(out / "dreambooth_full/model", n, args.steps)
+
+    def score(key: str, folder: Path | str, **fields: Any) -> None:
+        ev[key] = evaluate(folder, n, args.steps, out / "eval" / key.replace("/", "_").replace("@", "_w"), **fields)
+
+    score("base/world", model)
+    score("base/sks_star", model, **star)
+    score("dreambooth_full/sks_star", out / "dreambooth_full/model", **star)
+    score("dreambooth_full/world", out / "dreambooth_full/model")
     db_lora = merged(model, out / "merged/dreambooth_lora", [(lora["dreambooth_lora"], 1.0)])
-    ev["dreambooth_lora/sks_star"] = evaluate(db_lora, n, args.steps, **star)
-    ev["dreambooth_lora/world"] = evaluate(db_lora, n, args.steps)
-    ev["lora_striped@0/striped"] = evaluate(model, n, args.steps, **striped)
-    ev["lora_striped@1/striped"] = evaluate(merged(model, out / "merged/striped", [(lora["lora_striped"], 1.0)]), n, args.steps, **striped)
+    score("dreambooth_lora/sks_star", db_lora, **star)
+    score("dreambooth_lora/world", db_lora)
+    score("lora_striped@0/striped", model, **striped)
+    score("lora_striped@1/striped", merged(model, out / "merged/striped", [(lora["lora_striped"], 1.0)]), **striped)
     both = merged(model, out / "merged/both", [(lora["dreambooth_lora"], 1.0), (lora["lora_striped"], 1.0)])
-    ev["both_loras/striped_sks_star"] = evaluate(both, n, args.steps, template="a {color} striped sks shape on a {background} background",
-                                                expect_shape="star", shapes=["star"], pattern="striped", heldout=False)  # fmt: skip
+    score("both_loras/striped_sks_star", both, template="a {color} striped sks on a {background} background",
+          expect_shape="star", shapes=["star"], pattern="striped", heldout=False)  # fmt: skip
     zig = {"template": f"a {{color}} {TI_TOKEN} on a {{background}} background", "expect_shape": "triangle",
            "shapes": ["triangle"], "heldout": False}  # fmt: skip
-    ev["base/zig_triangle"] = evaluate(model, n, args.steps, **zig)
+    score("base/zig_triangle", model, **zig)
+    score("base/word_triangle", model, **{**zig, "template": "a {color} triangle on a {background} background"})
     ti = merged(model, out / "merged/ti", embedding=out / "textual_inversion/learned_embeds.safetensors")
-    ev["textual_inversion/zig_triangle"] = evaluate(ti, n, args.steps, **zig)
+    score("textual_inversion/zig_triangle", ti, **zig)
     text = json.dumps(results, indent=2)
     (out / "results.json").write_text(text)
     if args.results:
@@ -214,7 +260,8 @@ def summary(results: dict[str, Any]) -> str:
         f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}",
         f"LoRA striped     weight 1: {pct(ev['lora_striped@1/striped']['pattern'])}, weight 0: {pct(ev['lora_striped@0/striped']['pattern'])}",
         f"Both LoRAs       star {pct(ev['both_loras/striped_sks_star']['shape'])}, striped {pct(ev['both_loras/striped_sks_star']['pattern'])}",
-        f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])})",
+        f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])}; "
+        f"base with the word 'triangle' {pct(ev['base/word_triangle']['shape'])})",
     ]
     for name, t in tr.items():
         lines.append(f"train {name:18s} {t['steps']} steps {t['wall_seconds']} s wall, peak RSS {t['peak_rss_mb']} MB, files {t['file_bytes']}")
