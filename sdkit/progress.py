@@ -14,6 +14,9 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with it/s and ETA on stderr when it is a terminal; yields `advance(n)`."""
+    if not sys.stderr.isatty():  # logs and pipes get no bar: skip importing rich (≈ 0.1 s of every run)
+        yield lambda n=1: None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
