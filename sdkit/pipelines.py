@@ -42,11 +42,14 @@ class PipelineCache:
 
 
 def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
-    """Switch on the memory/speed options of a recipe on a freshly loaded pipeline."""
+    """Switch on the memory/speed options of a recipe on a freshly loaded pipeline (`fast` is already resolved into
+    the other fields by sdkit.fast.resolve)."""
     import torch
 
     if speed.tiny_vae:
         pipe.vae = load_tiny_vae(speed.tiny_vae, pipe, placement)
+    if speed.fuse_qkv:
+        fuse_qkv(pipe)
     if speed.attention_slicing:
         pipe.enable_attention_slicing()
     if speed.vae_slicing:
@@ -55,6 +58,29 @@ def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
         pipe.vae.enable_tiling()
     if speed.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
+    if speed.compile:
+        compile_modules(pipe, placement)
+
+
+COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs", "cpu": None}  # None: inductor's default mode
+
+
+def compile_modules(pipe, placement: device.Placement) -> None:
+    """torch.compile the UNet and the VAE decoder in place (`Module.compile`: the objects stay what diffusers
+    expects, so from_pipe, LoRA loading and offload hooks keep working). Compilation happens at the first call.
+    CUDA graphs are left out: offload hooks and per-step host work do not fit them."""
+    mode = COMPILE_MODE.get(placement.device.type)
+    pipe.unet.compile(mode=mode)
+    decoder = getattr(pipe.vae, "decoder", None)
+    if decoder is not None:
+        decoder.compile(mode=mode)
+
+
+def fuse_qkv(pipe) -> None:
+    """One matmul for each attention's query/key/value (diffusers' fused projections, on torch SDPA)."""
+    from diffusers import AutoencoderKL
+
+    pipe.fuse_qkv_projections(unet=True, vae=isinstance(pipe.vae, AutoencoderKL))
 
 
 def load_tiny_vae(ref: str, pipe, placement: device.Placement):

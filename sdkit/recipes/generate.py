@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, schedulers
+from sdkit import conditioning, device, fast, schedulers
 from sdkit.adapters import adapters_applied, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
@@ -68,6 +68,7 @@ def run(
     """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run)."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
+    recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
     placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
     seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
     todo = list(plan) if plan is not None else [(k, None) for k in range(recipe.num_images)]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Schema(BaseModel):
     """Base of every sdkit schema: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 def cli(*flags: str, argument: bool = False, hidden: bool = False, name: str | None = None) -> dict[str, Any]:
@@ -41,15 +41,31 @@ class Placement(Schema):
 
 
 class Speed(Schema):
-    """Memory and speed switches for inference (each changes pixels at most by float rounding, except tiny_vae)."""
+    """Memory and speed switches for inference. Each changes pixels at most by float rounding (tiny_vae and a dtype
+    chosen by fast excepted); the effect measured on each device is in README.md ("Speed")."""
 
     attention_slicing: bool = Field(False, description="Compute attention in slices: less memory, slightly slower.")
     vae_slicing: bool = Field(False, description="Decode a batch one image at a time: less memory.")
     vae_tiling: bool = Field(False, description="Decode large images in overlapping tiles: far less memory at high resolution.")
     channels_last: bool = Field(False, description="Keep the UNet in channels-last memory format (often faster on GPUs).")
+    fuse_qkv: bool = Field(
+        False, description="Fuse each attention's query/key/value projections into one matmul (not with LoRAs or attention slicing)."
+    )
     tiny_vae: str | None = Field(
         None, description="Decode with an AutoencoderTiny (TAESD) folder or hub id, e.g. madebyollin/taesd: fast previews, lower quality."
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet and the VAE decoder (inductor): the first image waits for compilation "
+        "(minutes on CPU); pays off over many images on a GPU.",
+    )
+    fast: bool = Field(
+        False,
+        description="The best measured settings for the device (sdkit/fast.py): cuda = fp16, channels-last, fused QKV; "
+        "cpu with native bf16 = bf16, channels-last. Never overrides a --dtype you give; recorded in the image's recipe.",
+    )
 
     def speed_key(self) -> tuple:
-        return (self.attention_slicing, self.vae_slicing, self.vae_tiling, self.channels_last, self.tiny_vae)
+        """What a loaded pipeline depends on: jobs that differ here never share one (see pipelines.PipelineCache)."""
+        return (self.attention_slicing, self.vae_slicing, self.vae_tiling, self.channels_last, self.fuse_qkv, self.tiny_vae,
+                self.compile, self.fast)  # fmt: skip

@@ -1,0 +1,87 @@
+"""`--fast`: the best measured combination of speed settings for the device, in ONE literal table (`PRESETS`).
+
+A preset only fills in what the user left open: `dtype` when it is "auto", and switches that are off (it never turns
+one off). `resolve` returns the recipe with the preset written into its fields, so the image's embedded recipe names
+every setting that was used and `sdkit replay` reproduces it exactly (a replayed recipe already holds the resolved
+values: the preset then changes nothing). Edit the table when a benchmark says otherwise; README.md ("Speed") lists
+what was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from sdkit.errors import UserError
+
+# Device kind -> recipe fields the preset sets. Measured by bench/gpu.py (CUDA) and bench/cpu_compute.py (CPU).
+PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType({
+    # fp16 weights, channels-last UNet, fused QKV; attention stays on torch SDPA (diffusers' default processor)
+    "cuda": MappingProxyType({"dtype": "fp16", "channels_last": True, "fuse_qkv": True}),
+    "mps": MappingProxyType({"dtype": "fp16"}),
+    # CPUs with native bf16 (AVX512-BF16 or AMX): an SD 1.5 UNet step ran 1.9x faster in bf16 than fp32 (512 px).
+    # channels_last here awaits bench/cpu_compute.py's measurement.
+    "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True}),
+    # other CPUs: fp32 is the fastest precision; nothing else measured faster
+    "cpu": MappingProxyType({}),
+})  # fmt: skip
+NOT_WITH_FUSED_QKV = ("lora", "attention_slicing")  # a LoRA on to_q/to_k/to_v is bypassed by the fused projection
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX-BF16, as /proc/cpuinfo reports)."""
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if "AVX512" not in capability and "AMX" not in capability:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_kind(device_type: str) -> str:
+    """The PRESETS row for a torch device type."""
+    if device_type == "cpu":
+        return "cpu-bf16" if cpu_has_native_bf16() else "cpu"
+    return device_type if device_type in PRESETS else "cpu"
+
+
+def preset_for(recipe, device_type: str) -> dict[str, Any]:
+    """The fields `--fast` changes on this recipe and device (empty when fast is off or nothing is left open)."""
+    if not getattr(recipe, "fast", False):
+        return {}
+    changes = {}
+    for name, value in PRESETS[device_kind(device_type)].items():
+        if name == "dtype":
+            if recipe.dtype == "auto":
+                changes[name] = value
+        elif name == "fuse_qkv" and any(getattr(recipe, other, None) for other in NOT_WITH_FUSED_QKV):
+            continue  # would break the LoRA / the slicing: fast skips it
+        elif value and not getattr(recipe, name):
+            changes[name] = value
+    return changes
+
+
+def resolve(recipe):
+    """The recipe with `--fast` written into its fields for the device it will run on; checks the combination."""
+    from sdkit import device
+
+    check_combination(recipe)
+    if not recipe.fast:
+        return recipe
+    device_type = device.resolve(recipe.device, recipe.dtype, recipe.offload).device.type
+    changes = preset_for(recipe, device_type)
+    return recipe.model_copy(update=changes) if changes else recipe
+
+
+def check_combination(recipe) -> None:
+    """One-line UserErrors for switches that cannot work together."""
+    if recipe.fuse_qkv:
+        clash = [name for name in NOT_WITH_FUSED_QKV if getattr(recipe, name, None)]
+        if clash:
+            flag = "--" + clash[0].replace("_", "-")
+            raise UserError(f"--fuse-qkv with {flag}: fused projections bypass what {flag} changes; drop one of them")
