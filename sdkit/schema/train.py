@@ -65,6 +65,11 @@ class TrainCommon(Schema):
     validation_images: int = Field(2, ge=1, le=16, description="Validation images per prompt (seeds seed, seed+1, …).")
     validation_inference_steps: int = Field(20, ge=1, le=1000, description="Denoising steps of validation images.")
     validation_guidance_scale: float = Field(5.0, ge=0, description="CFG scale of validation images.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them (diffusers' "
+        "enable_gradient_checkpointing): less memory, slower steps; same weights.",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads for this run (None: torch's default). 1 is often fastest on a shared CPU."

@@ -234,6 +234,10 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
         task.dataset, batch_size=common.train_batch_size, shuffle=True, collate_fn=task.collate_fn,
         num_workers=common.num_workers, generator=torch.Generator().manual_seed(common.seed),
     )  # fmt: skip
+    if getattr(common, "gradient_checkpointing", False):
+        from sdkit.training.speed import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(task.modules)
     names = list(task.modules)
     *prepared, optimizer, loader, lr_scheduler = accelerator.prepare(*task.modules.values(), optimizer, loader, lr_scheduler)
     models = dict(zip(names, prepared, strict=True))
