@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import Figure, write_results
-from bench.sd_configs import build_taesd, build_unet, build_vae
+from bench.sd_configs import build_taesd, build_unet, build_vae, cast
 
 BENCH = "cpu_compute"
 QUALITY_DB = 30.0  # PSNR against fp32 below which a variant does not hold output quality
@@ -49,7 +49,7 @@ def matmul_gflops(n: int, seconds: float) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of a large square torch.matmul in `dtype` on all of torch's threads."""
+    """Best GFLOP/s of a large square torch.matmul in `dtype` on torch's current threads."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
     torch.matmul(a, b)
@@ -59,6 +59,19 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - start)
     return matmul_gflops(n, best)
+
+
+def measure_peaks(thread_counts: tuple[int, ...], n: int = 2048) -> dict[tuple[str, int], float]:
+    """{(dtype, threads): matmul GFLOP/s} for fp32 and bf16 at each thread count."""
+    before, peaks = torch.get_num_threads(), {}
+    try:
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                peaks[(name, threads)] = matmul_peak(dtype, n)
+    finally:
+        torch.set_num_threads(before)
+    return peaks
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -119,10 +132,9 @@ def variants(compile_: bool) -> list[Variant]:
         Variant("fp32 oneDNN bf16 math", onednn_bf16=True, sizes=(256,)),
         Variant("bf16 autocast", autocast=True, sizes=(256,)),
         Variant("bf16 weights", bf16_weights=True),
+        Variant("fp32, 1 thread", threads=1, sizes=(256,)),
         Variant("bf16 weights + channels_last", bf16_weights=True, channels_last=True),
-        Variant(
-            "bf16 weights + channels_last, 1 thread", bf16_weights=True, channels_last=True, threads=1, sizes=(256,)
-        ),
+        Variant("bf16 weights + channels_last, 1 thread", bf16_weights=True, channels_last=True, threads=1),
     ]
     if compile_:
         found.append(
@@ -198,12 +210,14 @@ class Measured:
     base: float  # diffusers default's seconds for the same work
     flops: int
     dtype: str  # compute dtype: which peak applies
+    threads: int
     quality: float | None  # PSNR vs fp32 (None: not comparable)
     detail: str
 
 
-def figure(m: Measured, peaks: dict[str, float]) -> Figure:
-    ratio, fraction = m.seconds / m.base, m.flops / m.seconds / 1e9 / peaks[m.dtype]
+def figure(m: Measured, peaks: dict[tuple[str, int], float]) -> Figure:
+    """The figure of one measurement; "% of peak" against the matmul peak of its dtype at its thread count."""
+    ratio, fraction = m.seconds / m.base, m.flops / m.seconds / 1e9 / peaks[(m.dtype, m.threads)]
     quality = m.quality
     shown = "n/a" if quality is None else ("exact" if math.isinf(quality) else f"{quality:.1f} dB")
     # without a PSNR (a preview decoder) the goal does not apply: previews never become a default
@@ -215,13 +229,14 @@ def figure(m: Measured, peaks: dict[str, float]) -> Figure:
         "s",
         GOAL if quality is not None else "preview only (other network)",
         met,
-        f"{ratio:.2f}× default · {fraction:.0%} of {m.dtype} peak · PSNR {shown} vs fp32 · {m.detail}",
+        f"{ratio:.2f}× default · {fraction:.0%} of {m.dtype} peak ({m.threads} thr) · PSNR {shown} vs fp32 · {m.detail}",
     )
 
 
 def run_unet(sizes: tuple[int, ...], repeats: int, compile_: bool) -> list[Measured]:
     fp32 = build_unet("sd15")
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+    bf16 = cast(copy.deepcopy(fp32), torch.bfloat16)
+    threads = torch.get_num_threads()
     measured = []
     for size in sizes:
         flops = unet_flops(size)
@@ -237,7 +252,16 @@ def run_unet(sizes: tuple[int, ...], repeats: int, compile_: bool) -> list[Measu
             extra = f", compile + first call {first:.0f} s" if v.compile else ""
             detail = f"{size} px, batch 2 (CFG), {flops / 2e9:.0f} GFLOP/sample, median of {repeats}{extra}"
             measured.append(
-                Measured(f"unet {size}px {v.name}", seconds, base, flops, v.compute_dtype, psnr(reference, out), detail)
+                Measured(
+                    f"unet {size}px {v.name}",
+                    seconds,
+                    base,
+                    flops,
+                    v.compute_dtype,
+                    v.threads or threads,
+                    psnr(reference, out),
+                    detail,
+                )
             )
             log(
                 f"{measured[-1].name}: {seconds:.2f} s/step ({seconds / base:.2f}×, PSNR {measured[-1].quality:.1f} dB)"
@@ -250,45 +274,44 @@ def to_image(decoded: torch.Tensor) -> torch.Tensor:
 
 
 def run_vae(size: int, repeats: int) -> list[Measured]:
+    """Decode one image's latents: SD's VAE in fp32 (diffusers' default) and bf16, and TAESD (previews)."""
     latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(1))
-    vae = build_vae("sd15")
-    candidates = [("vae decode fp32 (diffusers default)", vae, "fp32", False),
-                  ("vae decode bf16 weights", copy.deepcopy(vae).to(torch.bfloat16), "bf16", False),
-                  ("vae decode bf16 weights + channels_last", None, "bf16", True),
-                  ("taesd decode fp32 (preview)", build_taesd(), "fp32", False),
-                  ("taesd decode bf16 (preview)", build_taesd(dtype=torch.bfloat16), "bf16", False)]  # fmt: skip
+    vae, threads = build_vae("sd15"), torch.get_num_threads()
+    vae_bf16 = cast(copy.deepcopy(vae), torch.bfloat16)
+    taesd = build_taesd()
+    # (name, model, compute dtype, channels_last, threads)
+    candidates = [("vae decode fp32 (diffusers default)", vae, "fp32", False, threads),
+                  ("vae decode bf16 weights", vae_bf16, "bf16", False, threads),
+                  ("vae decode bf16 weights + channels_last", vae_bf16, "bf16", True, threads),
+                  ("vae decode bf16 weights + channels_last, 1 thread", vae_bf16, "bf16", True, 1),
+                  ("taesd decode fp32 (preview)", taesd, "fp32", False, threads),
+                  ("taesd decode bf16 (preview)", cast(copy.deepcopy(taesd), torch.bfloat16), "bf16", False, threads)]  # fmt: skip
     measured, reference, base = [], None, None
-    for name, model, dtype, channels_last in candidates:
-        model = model if model is not None else candidates[1][1]
+    for name, model, dtype, channels_last, count in candidates:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=fmt)
         z = latents.to(next(model.parameters()).dtype).contiguous(memory_format=fmt)
-        # AutoencoderTiny decodes raw latents; scale them as the pipeline does so both see the same input
+        # AutoencoderTiny decodes raw latents; the KL VAE gets them unscaled, as the pipeline passes them
         scaled = z if "taesd" in name else z / vae.config.scaling_factor
 
         def decode(m=model, x=scaled):
             with torch.inference_mode():
                 return m.decode(x).sample
 
-        _, seconds, out = timed(decode, repeats)
-        model.to(memory_format=torch.contiguous_format)
+        torch.set_num_threads(count)
+        try:
+            _, seconds, out = timed(decode, repeats)
+        finally:
+            torch.set_num_threads(threads)
+            model.to(memory_format=torch.contiguous_format)
         image = to_image(out)
         if reference is None:
             reference, base = image, seconds
         # a random-weight TAESD is a different network from the VAE: its pixels say nothing about quality
         quality = None if "taesd" in name else psnr(reference, image, peak=1.0)
         flops = decoder_flops(model, size)
-        measured.append(
-            Measured(
-                f"{name} {size}px",
-                seconds,
-                base,
-                flops,
-                dtype,
-                quality,
-                f"{size} px, 1 image, {flops / 1e9:.0f} GFLOP, median of {repeats}",
-            )
-        )
+        detail = f"{size} px, 1 image, {flops / 1e9:.0f} GFLOP, median of {repeats}"
+        measured.append(Measured(f"{name} {size}px", seconds, base, flops, dtype, count, quality, detail))
         log(f"{measured[-1].name}: {seconds:.2f} s ({seconds / base:.2f}×)")
     return measured
 
@@ -315,20 +338,21 @@ def recommend(measured: list[Measured], size: int) -> Figure:
 
 
 def run(quick: bool = False, compile_: bool = False) -> list[Figure]:
-    """Peaks, UNet variants at 512 and 256 px (256 only with quick), VAE/TAESD decodes. ≈ 6–8 min on 2 cores."""
+    """Peaks, UNet variants at 512 and 256 px (256 only with quick), VAE/TAESD decodes. ≈ 8 min on 2 idle cores."""
     threads = torch.get_num_threads()
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    log(f"matmul peak on {threads} threads: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    counts = tuple(sorted({threads, 1}))
+    peaks = measure_peaks(counts)
+    log("matmul peaks (GFLOP/s): " + ", ".join(f"{d} {t} thr {v:.0f}" for (d, t), v in peaks.items()))
     sizes = (256,) if quick else (512, 256)
     repeats = 1 if quick else 2
     measured = run_unet(sizes, repeats, compile_) + run_vae(256 if quick else 512, repeats)
     # the peak is the best the machine showed: measured again at the end (a shared machine's speed varies)
-    again = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    log(f"matmul peak again: fp32 {again['fp32']:.0f} GFLOP/s, bf16 {again['bf16']:.0f} GFLOP/s")
+    again = measure_peaks(counts)
+    log("matmul peaks again: " + ", ".join(f"{d} {t} thr {v:.0f}" for (d, t), v in again.items()))
     peaks = {k: max(peaks[k], again[k]) for k in peaks}
-    figures = [Figure(BENCH, f"matmul peak {k}", v, "GFLOP/s", "reference", None,
-                      f"2048² torch.matmul, best of 10 at the start and 10 at the end, {threads} threads")
-               for k, v in peaks.items()]  # fmt: skip
+    figures = [Figure(BENCH, f"matmul peak {d}, {t} thread{'s' if t > 1 else ''}", v, "GFLOP/s", "reference", None,
+                      "2048² torch.matmul, best of 10 at the start and 10 at the end")
+               for (d, t), v in peaks.items()]  # fmt: skip
     return figures + [figure(m, peaks) for m in measured] + [recommend(measured, max(sizes))]
 
 

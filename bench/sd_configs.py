@@ -151,7 +151,7 @@ def vae_config(family: str) -> dict[str, Any]:
     return copy.deepcopy(VAES[family])
 
 
-def _cast(model, dtype: torch.dtype):
+def cast(model, dtype: torch.dtype):
     """`model.to(dtype)` without diffusers' warning about modules kept in fp32 (none are, for these classes)."""
     from diffusers.utils import logging
 
@@ -180,7 +180,7 @@ def build_unet(
 
     with torch.device(device):
         model = _seeded(seed, lambda: UNet2DConditionModel(**unet_config(family)))
-    return _cast(model, dtype).eval().requires_grad_(False)
+    return cast(model, dtype).eval().requires_grad_(False)
 
 
 def build_vae(
@@ -191,7 +191,7 @@ def build_vae(
 
     with torch.device(device):
         model = _seeded(seed, lambda: AutoencoderKL(**vae_config(family)))
-    return _cast(model, dtype).eval().requires_grad_(False)
+    return cast(model, dtype).eval().requires_grad_(False)
 
 
 def build_taesd(*, dtype: torch.dtype = torch.float32, seed: int = 2, device: str | torch.device = "cpu"):
@@ -200,7 +200,7 @@ def build_taesd(*, dtype: torch.dtype = torch.float32, seed: int = 2, device: st
 
     with torch.device(device):
         model = _seeded(seed, lambda: AutoencoderTiny(**copy.deepcopy(TAESD)))
-    return _cast(model, dtype).eval().requires_grad_(False)
+    return cast(model, dtype).eval().requires_grad_(False)
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -61,6 +61,10 @@ def test_flop_counting_and_peak_arithmetic():
     assert cpu_compute.count_flops(lambda: a @ b) == 2 * 4 * 5 * 6
     assert cpu_compute.matmul_gflops(1000, 2.0) == pytest.approx(1.0)
     assert 0 < cpu_compute.matmul_peak(torch.float32, n=64, repeats=2) < math.inf
+    threads = torch.get_num_threads()
+    peaks = cpu_compute.measure_peaks((1, 2), n=64)
+    assert set(peaks) == {("fp32", 1), ("bf16", 1), ("fp32", 2), ("bf16", 2)} and min(peaks.values()) > 0
+    assert torch.get_num_threads() == threads
 
 
 def test_unet_flops_match_the_published_figure():
@@ -73,7 +77,7 @@ def test_variant_settings_are_undone_and_bf16_holds_quality():
     from sdkit.architectures import build_components
 
     fp32 = build_components("tiny-sd")["unet"].requires_grad_(False)
-    bf16 = sd_configs._cast(build_components("tiny-sd")["unet"], torch.bfloat16)
+    bf16 = sd_configs.cast(build_components("tiny-sd")["unet"], torch.bfloat16)
     processors = {k: type(v) for k, v in fp32.attn_processors.items()}
     threads, precision = torch.get_num_threads(), torch.backends.mkldnn.fp32_precision
     inputs = (torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), torch.randn(2, 77, 32))
@@ -90,15 +94,16 @@ def test_variant_settings_are_undone_and_bf16_holds_quality():
 
 
 def test_recommendation_is_the_fastest_variant_that_holds_quality():
-    rows = [cpu_compute.Measured("unet 512px default", 10.0, 10.0, 1, "fp32", math.inf, ""),
-            cpu_compute.Measured("unet 512px lossy", 2.0, 10.0, 1, "bf16", 12.0, ""),
-            cpu_compute.Measured("unet 512px bf16", 5.0, 10.0, 1, "bf16", 45.0, ""),
-            cpu_compute.Measured("unet 256px bf16 faster", 1.0, 3.0, 1, "bf16", 45.0, "")]  # fmt: skip
+    rows = [cpu_compute.Measured("unet 512px default", 10.0, 10.0, 1, "fp32", 2, math.inf, ""),
+            cpu_compute.Measured("unet 512px lossy", 2.0, 10.0, 1, "bf16", 2, 12.0, ""),
+            cpu_compute.Measured("unet 512px bf16", 5.0, 10.0, 1, "bf16", 1, 45.0, ""),
+            cpu_compute.Measured("unet 256px bf16 faster", 1.0, 3.0, 1, "bf16", 1, 45.0, "")]  # fmt: skip
     figure = cpu_compute.recommend(rows, 512)
     assert figure.value == pytest.approx(0.5) and figure.detail.startswith("unet 512px bf16:")
     assert figure.met is False
-    shown = cpu_compute.figure(rows[2], {"fp32": 1.0, "bf16": 0.4e-9})  # 1 FLOP in 5 s at 0.4 FLOP/s: 50 %
-    assert "0.50× default · 50% of bf16 peak · PSNR 45.0 dB" in shown.detail and shown.met is False
+    peaks = {("bf16", 1): 0.4e-9, ("bf16", 2): 1.0}  # the 1-thread peak applies: 1 FLOP in 5 s at 0.4 FLOP/s = 50 %
+    shown = cpu_compute.figure(rows[2], peaks)
+    assert "0.50× default · 50% of bf16 peak (1 thr) · PSNR 45.0 dB" in shown.detail and shown.met is False
 
 
 def test_gpu_script_runs_end_to_end_on_cpu_with_the_tiny_model(tmp_path):
