@@ -144,3 +144,38 @@ def test_gradient_checkpointing_same_weights(tmp_path: Path, tiny_sd_dir: Path) 
     assert runs[True].keys() == runs[False].keys() and runs[True]
     for key, value in runs[False].items():
         torch.testing.assert_close(runs[True][key], value, rtol=0, atol=1e-6)
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from sdkit.errors import UserError
+    from sdkit.training.speed import adamw_8bit
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    with pytest.raises(UserError, match="pip install bitsandbytes"):
+        adamw_8bit()
+
+
+def test_8bit_adam_trains_with_8bit_state(tmp_path: Path, tiny_sd_dir: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from finetune_helpers import FAST, shapes_dataset
+
+    import sdkit
+    from sdkit.recipes import train_text_to_image
+
+    data = shapes_dataset(tmp_path / "data", n=4)
+    recipe = sdkit.load_recipe("train-text-to-image", {
+        "model": str(tiny_sd_dir), "data_dir": str(data), "output_dir": str(tmp_path / "run"), "max_steps": 2,
+        "train_batch_size": 2, "checkpointing_steps": 2, "use_8bit_adam": True, **FAST,
+    })  # fmt: skip
+    train_text_to_image.run(recipe)
+    state = torch.load(next((tmp_path / "run" / "checkpoints").glob("step-2*/optimizer.bin")), weights_only=False)["state"]
+
+    def dtypes(value) -> set:
+        if torch.is_tensor(value):
+            return {value.dtype}
+        return set().union(*map(dtypes, value.values())) if isinstance(value, dict) else set()
+
+    assert torch.uint8 in dtypes(state)  # the moments of the large weights are kept in 8 bits

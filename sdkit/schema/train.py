@@ -70,6 +70,11 @@ class TrainCommon(Schema):
         description="Recompute activations in the backward pass instead of keeping them (diffusers' "
         "enable_gradient_checkpointing): less memory, slower steps; same weights.",
     )
+    use_8bit_adam: bool = Field(
+        False,
+        description="bitsandbytes' AdamW8bit: optimiser state in 8 bits (about a quarter of AdamW's state memory; "
+        "needs pip install bitsandbytes).",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads for this run (None: torch's default). 1 is often fastest on a shared CPU."

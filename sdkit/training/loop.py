@@ -222,7 +222,12 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     lr = common.learning_rate
     if common.scale_lr:
         lr *= common.train_batch_size * common.gradient_accumulation_steps * nproc
-    optimizer = torch.optim.AdamW(
+    optimizer_class = torch.optim.AdamW
+    if getattr(common, "use_8bit_adam", False):
+        from sdkit.training.speed import adamw_8bit
+
+        optimizer_class = adamw_8bit()
+    optimizer = optimizer_class(
         params, lr=lr, betas=(common.adam_beta1, common.adam_beta2), weight_decay=common.adam_weight_decay,
         eps=common.adam_epsilon,
     )  # fmt: skip

@@ -18,3 +18,13 @@ def enable_gradient_checkpointing(modules) -> None:
                 break
         else:
             raise UserError(f"gradient_checkpointing: the trained {name} does not support it; set it to false")
+
+
+def adamw_8bit():
+    """bitsandbytes' AdamW8bit (optimiser state in 8 bits: ≈ 1/4 of AdamW's state memory; runs on CPU and CUDA
+    with bitsandbytes ≥ 0.48), or a UserError when bitsandbytes is not installed."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise UserError("use_8bit_adam needs bitsandbytes: pip install bitsandbytes (or set use_8bit_adam false)") from None
+    return bitsandbytes.optim.AdamW8bit
