@@ -19,7 +19,7 @@ from sdkit.errors import UserError
 PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType({
     # fp16 weights, channels-last UNet, fused QKV; attention stays on torch SDPA (diffusers' default processor)
     "cuda": MappingProxyType({"dtype": "fp16", "channels_last": True, "fuse_qkv": True}),
-    "mps": MappingProxyType({"dtype": "fp16"}),
+    "mps": MappingProxyType({"dtype": "fp16"}),  # not measured: what auto already picks there
     # CPUs with native bf16 (AVX512-BF16 or AMX): an SD 1.5 UNet step ran 1.9x faster in bf16 than fp32 (512 px).
     # channels_last here awaits bench/cpu_compute.py's measurement.
     "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True}),

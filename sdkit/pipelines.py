@@ -62,13 +62,14 @@ def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
         compile_modules(pipe, placement)
 
 
-COMPILE_MODE = {"cuda": "max-autotune-no-cudagraphs", "cpu": None}  # None: inductor's default mode
+# torch.compile mode per device type. Inductor's default mode everywhere: "max-autotune" benchmarks GEMM kernels
+# for minutes, "reduce-overhead" uses CUDA graphs, which offload hooks break. Change it here when bench/gpu.py says so.
+COMPILE_MODE: dict[str, str | None] = {"cuda": None, "cpu": None, "mps": None}
 
 
 def compile_modules(pipe, placement: device.Placement) -> None:
     """torch.compile the UNet and the VAE decoder in place (`Module.compile`: the objects stay what diffusers
-    expects, so from_pipe, LoRA loading and offload hooks keep working). Compilation happens at the first call.
-    CUDA graphs are left out: offload hooks and per-step host work do not fit them."""
+    expects, so from_pipe, LoRA loading and offload hooks keep working). Compilation happens at the first call."""
     mode = COMPILE_MODE.get(placement.device.type)
     pipe.unet.compile(mode=mode)
     decoder = getattr(pipe.vae, "decoder", None)
