@@ -6,6 +6,9 @@ diffusers' default (fp32, its default attention processor), fraction of the meas
 compute dtype (FLOPs counted with torch's FlopCounterMode on the meta device), and PSNR of the output against fp32
 for the same inputs (noise prediction: peak = the fp32 output's range; decoded image: [0, 1] pixels, peak 1).
 A variant "holds quality" at ≥ QUALITY_DB; the recommendation is the fastest such variant at the largest size.
+Peaks are measured per thread count (torch's default and 1): on a shared machine one busy core makes oneDNN's
+multi-threaded kernels wait, so the thread setting is itself a variant. torch.compile (inductor with freezing) is
+opt-in (--compile): its first call takes minutes.
 
     python -m bench.cpu_compute [--quick] [--compile] [--no-write]
 """
@@ -138,7 +141,14 @@ def variants(compile_: bool) -> list[Variant]:
     ]
     if compile_:
         found.append(
-            Variant("bf16 + channels_last + torch.compile", bf16_weights=True, channels_last=True, compile=True)
+            Variant(
+                "bf16 + channels_last + torch.compile (freezing), 1 thread",
+                bf16_weights=True,
+                channels_last=True,
+                threads=1,
+                compile=True,
+                sizes=(256,),
+            )
         )
     return found
 
@@ -163,6 +173,10 @@ class Applied:
         if self.v.attention == "classic":
             self.processors = self.unet.attn_processors
             self.unet.set_attn_processor(AttnProcessor())
+        if self.v.compile:  # freezing: weights become constants, prepacked for oneDNN (inductor's CPU inference mode)
+            import torch._inductor.config as inductor
+
+            self.freezing, inductor.freezing = inductor.freezing, True
         model = torch.compile(self.unet) if self.v.compile else self.unet
         dtype = torch.bfloat16 if self.v.bf16_weights else torch.float32
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.v.autocast else nullcontext()
@@ -183,6 +197,9 @@ class Applied:
         if self.v.attention == "classic":
             self.unet.set_attn_processor(self.processors)
         if self.v.compile:
+            import torch._inductor.config as inductor
+
+            inductor.freezing = self.freezing
             torch._dynamo.reset()
 
 
@@ -359,7 +376,9 @@ def run(quick: bool = False, compile_: bool = False) -> list[Figure]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_compute", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 px only, one repeat (a smoke run)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile (first call takes minutes)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile at 256 px (first call: ≈ 5 min on 2 busy cores)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the figures, do not touch bench/results.*")
     args = parser.parse_args(argv)
     figures = run(quick=args.quick, compile_=args.compile)
