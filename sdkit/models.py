@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -108,17 +111,61 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
             check_pickle_allowed(pickles[0], allow_pickle)
 
 
+def hash_cache_file() -> Path:
+    """Where content hashes are remembered: $SDKIT_CACHE_DIR, else $XDG_CACHE_HOME/sdkit, else ~/.cache/sdkit."""
+    root = os.environ.get("SDKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdkit"
+    return Path(root) / "hashes.json"
+
+
 def content_hash(location: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and bytes, sorted), as hex."""
-    digest = hashlib.sha256()
+    """sha256 of a file, or of a folder's files (relative names and bytes, sorted), as hex.
+
+    Reading every byte of an SDXL folder takes seconds, so the hash is remembered in `hash_cache_file()` against the
+    files' names, sizes and modification times (as A1111 keeps its cache.json): a changed file is hashed again."""
     files = [location] if location.is_file() else sorted(p for p in location.rglob("*") if p.is_file())
+    stats = [(str(f.relative_to(location)) if location.is_dir() else f.name, f.stat()) for f in files]
+    signature = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
+    key = str(location.resolve())
+    cache_file = hash_cache_file()
+    cache = _read_hash_cache(cache_file)
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = hashlib.sha256()
     for file in files:
         if location.is_dir():
             digest.update(str(file.relative_to(location)).encode() + b"\0")
         with file.open("rb") as f:
             while chunk := f.read(2**22):
                 digest.update(chunk)
+    cache = {k: v for k, v in cache.items() if Path(k).exists()}  # forget models that are gone
+    cache[key] = {"files": signature, "sha256": digest.hexdigest()}
+    _write_hash_cache(cache_file, cache)
     return digest.hexdigest()
+
+
+def _read_hash_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # no cache yet, or a damaged one: hash from the bytes
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_hash_cache(path: Path, cache: dict) -> None:
+    """Atomic replace; a cache that cannot be written (read-only home, full disk) only costs the next run a re-hash."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".hashes.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(cache, f)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        print(f"warning: could not save the model hash cache {path}: {err.strerror or err}", file=sys.stderr)
 
 
 def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = True) -> ModelRef:

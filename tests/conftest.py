@@ -21,6 +21,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from a second thread, and on the shared 2-core box tests/test_architectures.py took
     # 18.5 s with 2 threads vs 5.5-8.2 s with 1 (load ~2-3 from other work).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Model hashes are remembered in a cache file: the suite (and its CLI subprocesses) keeps its own, not the user's.
+    import tempfile
+
+    os.environ["SDKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="sdkit-test-cache-")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -69,3 +69,30 @@ def test_malicious_pickle_is_refused_even_with_opt_in(tiny_sd_dir: Path, tmp_pat
     assert_user_error(result, "weights_only")
     assert not marker.exists()
     assert not (tmp_path / "o").exists()
+
+
+def test_content_hash_is_remembered_until_a_file_changes(tiny_sd_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import json
+    import os
+
+    from sdkit.models import content_hash, hash_cache_file
+
+    monkeypatch.setenv("SDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = shutil.copytree(tiny_sd_dir, tmp_path / "model")
+    first = content_hash(folder)
+    cache = json.loads(hash_cache_file().read_text())
+    assert cache[str(folder.resolve())]["sha256"] == first
+    # A remembered hash is used without reading the bytes: plant a marker and it comes back.
+    cache[str(folder.resolve())]["sha256"] = "remembered"
+    hash_cache_file().write_text(json.dumps(cache))
+    assert content_hash(folder) == "remembered"
+    # Any change of size or modification time means the bytes are read again.
+    config = folder / "unet" / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1_000_000))
+    assert content_hash(folder) == first
+    config.write_text(config.read_text() + " ")
+    changed = content_hash(folder)
+    assert changed not in (first, "remembered")
+    # A damaged cache file is ignored (and rewritten), never an error.
+    hash_cache_file().write_text("{not json")
+    assert content_hash(folder) == changed and json.loads(hash_cache_file().read_text())
