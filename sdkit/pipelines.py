@@ -56,8 +56,9 @@ def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
         pipe.vae.enable_slicing()
     if speed.vae_tiling:
         pipe.vae.enable_tiling()
-    if speed.channels_last:
+    if speed.channels_last:  # bench/cpu_compute: bf16 VAE decode at 512 px 0.46x -> 0.20x of fp32 with it
         pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
     if speed.compile:
         compile_modules(pipe, placement)
 

@@ -102,6 +102,22 @@ def test_fused_qkv_keeps_the_image(tmp_path: Path, tiny_sd_dir: Path) -> None:
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
+def test_channels_last_covers_unet_and_vae(tiny_sd_dir: Path) -> None:
+    import torch
+
+    from sdkit import device
+    from sdkit.models import load_pipeline, resolve_model
+    from sdkit.pipelines import apply_speed
+
+    placement = device.resolve("cpu", "fp32")
+    pipe = load_pipeline(resolve_model(str(tiny_sd_dir)), torch_dtype=placement.dtype)
+    convs = [pipe.unet.conv_in.weight, pipe.vae.decoder.conv_in.weight, pipe.vae.encoder.conv_in.weight]
+    assert not any(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    apply_speed(pipe, GenerateRecipe(channels_last=True), placement)
+    convs = [pipe.unet.conv_in.weight, pipe.vae.decoder.conv_in.weight, pipe.vae.encoder.conv_in.weight]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
 def test_compile_wraps_unet_and_decoder(tiny_sd_dir: Path) -> None:
     """Compilation itself runs at the first call (minutes on CPU for inductor): only its set-up is checked here."""
     from sdkit import device
