@@ -7,7 +7,8 @@ import sys
 
 from bench.common import write_results
 
-BENCHES = ("startup", "reuse", "shapes_eval", "controlnet_fidelity")
+BENCHES = ("startup", "overhead", "reuse", "cpu_compute", "train_throughput", "gpu", "vae_roundtrip", "shapes_eval",
+           "controlnet_fidelity")
 
 
 def main(names: list[str]) -> None:
