@@ -19,7 +19,7 @@ def test_help(command: list[str]) -> None:
 def test_generate_help_comes_from_schema() -> None:
     from sdkit.schema.generate import GenerateRecipe
 
-    text = " ".join(invoke("generate", "--help").stdout.replace("│", " ").split())
+    text = " ".join(invoke("generate", "--help").stdout.replace("│", " ").replace(",", " ").split())
     for flag in ["--model", "-m", "--negative", "--scheduler", "--steps", "--cfg", "--width", "--height", "--seed",
                  "--num-images", "--init-image", "--strength", "--mask", "--out", "-o", "--device", "--dtype",
                  "--offload", "--recipe"]:

@@ -17,9 +17,9 @@ from sdkit.schema.eval import EvalShapesRecipe
 from sdkit.schema.finetune import TrainDreamBoothRecipe, TrainLoraRecipe, TrainTextualInversionRecipe
 from sdkit.schema.train import TrainTextToImageRecipe
 
-data_app = typer.Typer(help="Make datasets: `sdkit data shapes` writes the synthetic shapes world.", no_args_is_help=True)
-train_app = typer.Typer(help="Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).", no_args_is_help=True)
-eval_app = typer.Typer(help="Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.", no_args_is_help=True)
+data_app = typer.Typer(help="Make datasets: `sdkit data shapes` writes the synthetic shapes world.", no_args_is_help=True, rich_markup_mode=None)
+train_app = typer.Typer(help="Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).", no_args_is_help=True, rich_markup_mode=None)
+eval_app = typer.Typer(help="Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
