@@ -175,7 +175,12 @@ def test_shapes_base_recipe_validates():
 
     jobs = load_file(ROOT / "recipes/train/shapes-base.yaml")  # every job validated against its schema
     check_references(jobs)
-    assert [j.task.name for j in jobs] == ["data-shapes", "data-shapes", *["train-text-to-image"] * 3]
-    vae, unet, more = (TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"}) for j in jobs[2:])
+    assert [j.task.name for j in jobs] == ["data-shapes", "data-shapes", *["train-text-to-image"] * 5]
+    vae, unet, more, decoder, last = (
+        TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"}) for j in jobs[2:]
+    )
     assert (vae.stage, vae.preset, unet.stage, unet.prediction_type) == ("vae", "shapes", "unet", "v_prediction")
     assert (more.stage, more.prediction_type, jobs[4].raw["model"]) == ("unet", "v_prediction", "${jobs.unet.output}")
+    # the decoder-only VAE stage keeps the latent space; the last UNet stage continues on its output
+    assert (decoder.stage, decoder.train_vae_encoder, jobs[5].raw["model"]) == ("vae", False, "${jobs.unet2.output}")
+    assert (last.stage, last.prediction_type, jobs[6].raw["model"]) == ("unet", "v_prediction", "${jobs.decoder.output}")
