@@ -38,8 +38,10 @@ def test_full_disk_is_a_clean_error_without_partial_files(tmp_path: Path, tiny_s
 
 def test_ctrl_c_mid_batch_keeps_finished_images(tmp_path: Path, tiny_sd_dir: Path) -> None:
     out = tmp_path / "o"
-    # 1,000 images (≈ 1 min here): on a loaded box 200 tiny images were once all done before the poll below saw two
-    proc = sdkit("generate", "a cat", "-m", tiny_sd_dir, "--steps", "4", "--seed", "1", "--num-images", "1000", "-o", out)
+    # SIGINT back to its default in the child: a suite started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and Python then keeps ignoring it (the run went on to finish all its images, exit 0)
+    proc = sdkit("generate", "a cat", "-m", tiny_sd_dir, "--steps", "4", "--seed", "1", "--num-images", "200", "-o", out,
+                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and len(list(out.glob("*.png"))) < 2:
         time.sleep(0.2)
@@ -48,7 +50,7 @@ def test_ctrl_c_mid_batch_keeps_finished_images(tmp_path: Path, tiny_sd_dir: Pat
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     written = sorted(out.iterdir())
-    assert 2 <= len(written) < 1000
+    assert 2 <= len(written) < 200
     assert all(p.suffix == ".png" and not p.name.startswith(".") for p in written)  # no temp files left
     for p in written:
         with Image.open(p) as img:
