@@ -122,9 +122,10 @@ def content_hash(location: Path) -> str:
 
     Reading every byte of an SDXL folder takes seconds, so the hash is remembered in `hash_cache_file()` against the
     files' names, sizes and modification times (as A1111 keeps its cache.json): a changed file is hashed again."""
-    files = [location] if location.is_file() else sorted(p for p in location.rglob("*") if p.is_file())
-    stats = [(str(f.relative_to(location)) if location.is_dir() else f.name, f.stat()) for f in files]
-    signature = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
+    is_dir = location.is_dir()
+    files = sorted(p for p in location.rglob("*") if p.is_file()) if is_dir else [location]
+    names = [str(f.relative_to(location)) if is_dir else f.name for f in files]
+    signature = [[name, st.st_size, st.st_mtime_ns] for name, st in zip(names, (f.stat() for f in files), strict=True)]
     key = str(location.resolve())
     cache_file = hash_cache_file()
     cache = _read_hash_cache(cache_file)
@@ -132,16 +133,17 @@ def content_hash(location: Path) -> str:
     if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("sha256"), str):
         return entry["sha256"]
     digest = hashlib.sha256()
-    for file in files:
-        if location.is_dir():
-            digest.update(str(file.relative_to(location)).encode() + b"\0")
+    for name, file in zip(names, files, strict=True):
+        if is_dir:
+            digest.update(name.encode() + b"\0")
         with file.open("rb") as f:
             while chunk := f.read(2**22):
                 digest.update(chunk)
+    sha256 = digest.hexdigest()
     cache = {k: v for k, v in cache.items() if Path(k).exists()}  # forget models that are gone
-    cache[key] = {"files": signature, "sha256": digest.hexdigest()}
+    cache[key] = {"files": signature, "sha256": sha256}
     _write_hash_cache(cache_file, cache)
-    return digest.hexdigest()
+    return sha256
 
 
 def _read_hash_cache(path: Path) -> dict:
