@@ -1,4 +1,4 @@
-"""generate, info, replay, schedulers."""
+"""generate, info, replay, schedulers, run, schema: top-level commands (their help: sdkit.cli.COMMANDS)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from sdkit.cli import app, build_recipe, guarded
+from sdkit.cli import COMMANDS, build_recipe, guarded
 from sdkit.cli.options import schema_parameters, with_parameters
 from sdkit.schema.generate import GenerateRecipe
+
+app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdkit.cli.COMMANDS lists them
 
 RECIPE_PARAM = inspect.Parameter(
     "recipe",
@@ -25,19 +27,19 @@ RECIPE_PARAM = inspect.Parameter(
 
 
 def generate(recipe: Path | None = None, **given: Any) -> None:
-    """Generate images: txt2img; img2img with --init-image; inpaint with --init-image and --mask."""
     from sdkit.recipes import generate as task
 
     task.run(build_recipe(GenerateRecipe, recipe, given, task="generate"))
 
 
-app.command("generate")(with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM]))
+app.command("generate", help=COMMANDS["generate"][2])(
+    with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM])
+)
 
 
-@app.command("info")
+@app.command("info", help=COMMANDS["info"][2])
 @guarded
 def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")]) -> None:
-    """Print the recipe embedded in an image (YAML, usable with `sdkit generate --recipe`)."""
     import yaml
 
     from sdkit.outputs import read_recipe
@@ -48,13 +50,14 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")])
     print(yaml.safe_dump({"task": record.get("task"), **record["recipe"]}, sort_keys=False), end="")
 
 
-@app.command("replay")
+@app.command("replay", help=COMMANDS["replay"][2])
 @guarded
 def replay(
     image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")] = None,  # noqa: UP045
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")
+    ] = None,  # noqa: UP045
 ) -> None:
-    """Regenerate an image from its embedded recipe (bit-exact on the same device and dtype)."""
     from sdkit.models import resolve_model
     from sdkit.outputs import read_recipe
     from sdkit.progress import warn
@@ -70,13 +73,14 @@ def replay(
     recorded = record.get("model", {}).get("sha256")
     now = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle).sha256
     if recorded and now and recorded != now:
-        warn(f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ")
+        warn(
+            f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ"
+        )
     task.run(recipe)
 
 
-@app.command("schedulers")
+@app.command("schedulers", help=COMMANDS["schedulers"][2])
 def schedulers_command() -> None:
-    """List the samplers: A1111 name, diffusers class and arguments."""
     from rich.console import Console
     from rich.table import Table
 
@@ -89,32 +93,25 @@ def schedulers_command() -> None:
     Console(file=sys.stdout, width=200).print(table)
 
 
-def version_callback(value: bool) -> None:
-    if value:
-        from sdkit import __version__
-
-        print(f"sdkit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
-) -> None:
-    """Typed, reproducible Stable Diffusion generation and fine-tuning on Hugging Face diffusers."""
-
-
-
-@app.command("run")
+@app.command("run", help=COMMANDS["run"][2])
 @guarded
 def run_command(
     files: Annotated[list[Path], typer.Argument(help="Recipe YAML files (one job, or jobs: with defaults:).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")] = None,  # noqa: UP045
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")] = False,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")
+    ] = None,  # noqa: UP045
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")
+    ] = False,
     print_: Annotated[bool, typer.Option("--print", help="Print the fully resolved jobs as YAML and exit.")] = False,
-    output_root: Annotated[Optional[Path], typer.Option("--output-root", help="Refuse outputs that resolve outside this folder (for recipe files you did not write).")] = None,  # noqa: UP045
+    output_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output-root",
+            help="Refuse outputs that resolve outside this folder (for recipe files you did not write).",
+        ),
+    ] = None,  # noqa: UP045
 ) -> None:
-    """Run YAML recipe files: every job is validated before the first one runs; one model load per run."""
     import os
 
     import yaml
@@ -129,7 +126,9 @@ def run_command(
     try:
         jobs = [job for file in files for job in load_file(file, tuple(set_ or ()))]
         if print_:
-            print(yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end="")
+            print(
+                yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end=""
+            )
         elif dry_run:
             check_jobs(jobs)
             print(f"ok: {len(jobs)} job(s) valid", file=sys.stderr)
@@ -142,10 +141,11 @@ def run_command(
             os.environ[OUTPUT_ROOT_ENV] = previous
 
 
-@app.command("schema")
+@app.command("schema", help=COMMANDS["schema"][2])
 @guarded
-def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None) -> None:  # noqa: UP045
-    """Print the JSON Schema of a task's recipe (for editor completion of recipe files)."""
+def schema_command(
+    task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None,
+) -> None:  # noqa: UP045
     import json
 
     from sdkit.tasks import TASKS, get_task

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from sdkit.cli import app, build_recipe, guarded
+from sdkit.cli import COMMANDS, build_recipe, guarded
 from sdkit.cli.commands import RECIPE_PARAM
 from sdkit.cli.options import schema_parameters, with_parameters
 from sdkit.schema.control import PreprocessRecipe, TrainControlNetRecipe
@@ -17,12 +17,10 @@ from sdkit.schema.eval import EvalShapesRecipe
 from sdkit.schema.finetune import TrainDreamBoothRecipe, TrainLoraRecipe, TrainTextualInversionRecipe
 from sdkit.schema.train import TrainTextToImageRecipe
 
-data_app = typer.Typer(help="Make datasets: `sdkit data shapes` writes the synthetic shapes world.", no_args_is_help=True, rich_markup_mode=None)
-train_app = typer.Typer(help="Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).", no_args_is_help=True, rich_markup_mode=None)
-eval_app = typer.Typer(help="Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.", no_args_is_help=True, rich_markup_mode=None)
-app.add_typer(data_app, name="data")
-app.add_typer(train_app, name="train")
-app.add_typer(eval_app, name="eval")
+data_app = typer.Typer(help=COMMANDS["data"][2], no_args_is_help=True, rich_markup_mode=None)
+train_app = typer.Typer(help=COMMANDS["train"][2], no_args_is_help=True, rich_markup_mode=None)
+eval_app = typer.Typer(help=COMMANDS["eval"][2], no_args_is_help=True, rich_markup_mode=None)
+app = typer.Typer(rich_markup_mode=None)  # preprocess, a top-level command (sdkit.cli.COMMANDS)
 
 
 def register(group: typer.Typer, name: str, schema: type, task: str, runner: Callable[[Any], Any], doc: str) -> None:
@@ -84,20 +82,60 @@ def _eval_shapes(recipe: EvalShapesRecipe) -> None:
     run(recipe)
 
 
-register(data_app, "shapes", ShapesDataRecipe, "data-shapes", _data_shapes,
-         "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).")
-register(train_app, "text-to-image", TrainTextToImageRecipe, "train-text-to-image", _train_text_to_image,
-         "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).")
-register(train_app, "lora", TrainLoraRecipe, "train-lora", _train_lora,
-         "Train a LoRA (peft) on a pipeline's UNet, optionally its text encoder; saves diffusers and kohya/A1111 files.")
-register(train_app, "dreambooth", TrainDreamBoothRecipe, "train-dreambooth", _train_dreambooth,
-         "Teach a subject from a few images (full fine-tune or --lora), with optional prior preservation.")
-register(train_app, "textual-inversion", TrainTextualInversionRecipe, "train-textual-inversion", _train_textual_inversion,
-         "Learn a new token's embedding (textual inversion); saves diffusers and A1111 embedding files.")
-register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
-         "Generate from held-out prompts and seeds and score colour, shape and background adherence.")
-register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess,
-         "Turn a picture into a ControlNet control map: canny, openpose, depth, seg, normal, mlsd, hed, scribble, "
-         "lineart or shuffle (weights from the hub, or --annotators-dir / $SDKIT_ANNOTATORS).")
-register(train_app, "controlnet", TrainControlNetRecipe, "train-controlnet", _train_controlnet,
-         "Train a ControlNet for a frozen SD 1.x/2.x pipeline (from_unet init) on images, control maps and captions.")
+register(
+    data_app,
+    "shapes",
+    ShapesDataRecipe,
+    "data-shapes",
+    _data_shapes,
+    "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).",
+)
+register(
+    train_app,
+    "text-to-image",
+    TrainTextToImageRecipe,
+    "train-text-to-image",
+    _train_text_to_image,
+    "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).",
+)
+register(
+    train_app,
+    "lora",
+    TrainLoraRecipe,
+    "train-lora",
+    _train_lora,
+    "Train a LoRA (peft) on a pipeline's UNet, optionally its text encoder; saves diffusers and kohya/A1111 files.",
+)
+register(
+    train_app,
+    "dreambooth",
+    TrainDreamBoothRecipe,
+    "train-dreambooth",
+    _train_dreambooth,
+    "Teach a subject from a few images (full fine-tune or --lora), with optional prior preservation.",
+)
+register(
+    train_app,
+    "textual-inversion",
+    TrainTextualInversionRecipe,
+    "train-textual-inversion",
+    _train_textual_inversion,
+    "Learn a new token's embedding (textual inversion); saves diffusers and A1111 embedding files.",
+)
+register(
+    eval_app,
+    "shapes",
+    EvalShapesRecipe,
+    "eval",
+    _eval_shapes,
+    "Generate from held-out prompts and seeds and score colour, shape and background adherence.",
+)
+register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess, COMMANDS["preprocess"][2])
+register(
+    train_app,
+    "controlnet",
+    TrainControlNetRecipe,
+    "train-controlnet",
+    _train_controlnet,
+    "Train a ControlNet for a frozen SD 1.x/2.x pipeline (from_unet init) on images, control maps and captions.",
+)
