@@ -32,9 +32,7 @@ def generate(recipe: Path | None = None, **given: Any) -> None:
     task.run(build_recipe(GenerateRecipe, recipe, given, task="generate"))
 
 
-app.command("generate", help=COMMANDS["generate"][2])(
-    with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM])
-)
+app.command("generate", help=COMMANDS["generate"][2])(with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM]))
 
 
 @app.command("info", help=COMMANDS["info"][2])
@@ -54,9 +52,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")])
 @guarded
 def replay(
     image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")
-    ] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")] = None,  # noqa: UP045
 ) -> None:
     from sdkit.models import resolve_model
     from sdkit.outputs import read_recipe
@@ -73,9 +69,7 @@ def replay(
     recorded = record.get("model", {}).get("sha256")
     now = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle).sha256
     if recorded and now and recorded != now:
-        warn(
-            f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ"
-        )
+        warn(f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ")
     task.run(recipe)
 
 
@@ -97,20 +91,10 @@ def schedulers_command() -> None:
 @guarded
 def run_command(
     files: Annotated[list[Path], typer.Argument(help="Recipe YAML files (one job, or jobs: with defaults:).")],
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")
-    ] = None,  # noqa: UP045
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")
-    ] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: --set jobs.0.cfg=5 (repeatable).")] = None,  # noqa: UP045
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything (files, models, schedulers) without loading weights.")] = False,
     print_: Annotated[bool, typer.Option("--print", help="Print the fully resolved jobs as YAML and exit.")] = False,
-    output_root: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--output-root",
-            help="Refuse outputs that resolve outside this folder (for recipe files you did not write).",
-        ),
-    ] = None,  # noqa: UP045
+    output_root: Annotated[Optional[Path], typer.Option("--output-root", help="Refuse outputs that resolve outside this folder (for recipe files you did not write).")] = None,  # noqa: UP045
 ) -> None:
     import os
 
@@ -126,9 +110,7 @@ def run_command(
     try:
         jobs = [job for file in files for job in load_file(file, tuple(set_ or ()))]
         if print_:
-            print(
-                yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end=""
-            )
+            print(yaml.safe_dump([{"task": j.task.name, "name": j.name, **j.raw} for j in jobs], sort_keys=False), end="")
         elif dry_run:
             check_jobs(jobs)
             print(f"ok: {len(jobs)} job(s) valid", file=sys.stderr)
@@ -143,9 +125,7 @@ def run_command(
 
 @app.command("schema", help=COMMANDS["schema"][2])
 @guarded
-def schema_command(
-    task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None,
-) -> None:  # noqa: UP045
+def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None) -> None:  # noqa: UP045
     import json
 
     from sdkit.tasks import TASKS, get_task

@@ -82,60 +82,18 @@ def _eval_shapes(recipe: EvalShapesRecipe) -> None:
     run(recipe)
 
 
-register(
-    data_app,
-    "shapes",
-    ShapesDataRecipe,
-    "data-shapes",
-    _data_shapes,
-    "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).",
-)
-register(
-    train_app,
-    "text-to-image",
-    TrainTextToImageRecipe,
-    "train-text-to-image",
-    _train_text_to_image,
-    "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).",
-)
-register(
-    train_app,
-    "lora",
-    TrainLoraRecipe,
-    "train-lora",
-    _train_lora,
-    "Train a LoRA (peft) on a pipeline's UNet, optionally its text encoder; saves diffusers and kohya/A1111 files.",
-)
-register(
-    train_app,
-    "dreambooth",
-    TrainDreamBoothRecipe,
-    "train-dreambooth",
-    _train_dreambooth,
-    "Teach a subject from a few images (full fine-tune or --lora), with optional prior preservation.",
-)
-register(
-    train_app,
-    "textual-inversion",
-    TrainTextualInversionRecipe,
-    "train-textual-inversion",
-    _train_textual_inversion,
-    "Learn a new token's embedding (textual inversion); saves diffusers and A1111 embedding files.",
-)
-register(
-    eval_app,
-    "shapes",
-    EvalShapesRecipe,
-    "eval",
-    _eval_shapes,
-    "Generate from held-out prompts and seeds and score colour, shape and background adherence.",
-)
+register(data_app, "shapes", ShapesDataRecipe, "data-shapes", _data_shapes,
+         "Write the synthetic shapes world as a Hugging Face imagefolder dataset (PNGs + metadata.jsonl).")
+register(train_app, "text-to-image", TrainTextToImageRecipe, "train-text-to-image", _train_text_to_image,
+         "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset).")
+register(train_app, "lora", TrainLoraRecipe, "train-lora", _train_lora,
+         "Train a LoRA (peft) on a pipeline's UNet, optionally its text encoder; saves diffusers and kohya/A1111 files.")
+register(train_app, "dreambooth", TrainDreamBoothRecipe, "train-dreambooth", _train_dreambooth,
+         "Teach a subject from a few images (full fine-tune or --lora), with optional prior preservation.")
+register(train_app, "textual-inversion", TrainTextualInversionRecipe, "train-textual-inversion", _train_textual_inversion,
+         "Learn a new token's embedding (textual inversion); saves diffusers and A1111 embedding files.")
+register(eval_app, "shapes", EvalShapesRecipe, "eval", _eval_shapes,
+         "Generate from held-out prompts and seeds and score colour, shape and background adherence.")
 register(app, "preprocess", PreprocessRecipe, "preprocess", _preprocess, COMMANDS["preprocess"][2])
-register(
-    train_app,
-    "controlnet",
-    TrainControlNetRecipe,
-    "train-controlnet",
-    _train_controlnet,
-    "Train a ControlNet for a frozen SD 1.x/2.x pipeline (from_unet init) on images, control maps and captions.",
-)
+register(train_app, "controlnet", TrainControlNetRecipe, "train-controlnet", _train_controlnet,
+         "Train a ControlNet for a frozen SD 1.x/2.x pipeline (from_unet init) on images, control maps and captions.")
