@@ -54,6 +54,11 @@ class Speed(Schema):
     tiny_vae: str | None = Field(
         None, description="Decode with an AutoencoderTiny (TAESD) folder or hub id, e.g. madebyollin/taesd: fast previews, lower quality."
     )
+    prepack: bool = Field(
+        False,
+        description="CPU: keep the UNet's and VAE's large convolution weights in oneDNN's packed layout instead of "
+        "repacking them on every call (same pixels; costs those weights' memory again; not with --compile).",
+    )
     compile: bool = Field(
         False,
         description="torch.compile the UNet and the VAE decoder (inductor): the first image waits for compilation "
@@ -62,10 +67,10 @@ class Speed(Schema):
     fast: bool = Field(
         False,
         description="The best measured settings for the device (sdkit/fast.py): cuda = fp16, channels-last, fused QKV; "
-        "cpu with native bf16 = bf16, channels-last. Never overrides a --dtype you give; recorded in the image's recipe.",
+        "cpu with native bf16 = bf16, channels-last, prepacked convolutions. Never overrides a --dtype you give; recorded in the image's recipe.",
     )
 
     def speed_key(self) -> tuple:
         """What a loaded pipeline depends on: jobs that differ here never share one (see pipelines.PipelineCache)."""
         return (self.attention_slicing, self.vae_slicing, self.vae_tiling, self.channels_last, self.fuse_qkv, self.tiny_vae,
-                self.compile, self.fast)  # fmt: skip
+                self.prepack, self.compile, self.fast)  # fmt: skip
