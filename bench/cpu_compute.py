@@ -29,6 +29,7 @@ import torch
 
 from bench.common import Figure, write_results
 from bench.sd_configs import build_taesd, build_unet, build_vae, cast
+from sdkit.prepack import prepack_convolutions, unpack_convolutions
 
 BENCH = "cpu_compute"
 QUALITY_DB = 30.0  # PSNR against fp32 below which a variant does not hold output quality
@@ -117,6 +118,7 @@ class Variant:
     autocast: bool = False  # bf16 autocast over fp32 weights
     onednn_bf16: bool = False  # fp32 weights, oneDNN allowed to compute fp32 matmul/conv in bf16
     channels_last: bool = False
+    prepack: bool = False  # sdkit.prepack: oneDNN weights packed once (sdkit --prepack)
     attention: str = "default"  # default (diffusers: SDPA) | classic (AttnProcessor: bmm + softmax)
     threads: int | None = None  # None: torch's default
     compile: bool = False
@@ -138,6 +140,9 @@ def variants(compile_: bool) -> list[Variant]:
         Variant("fp32, 1 thread", threads=1, sizes=(256,)),
         Variant("bf16 weights + channels_last", bf16_weights=True, channels_last=True),
         Variant("bf16 weights + channels_last, 1 thread", bf16_weights=True, channels_last=True, threads=1),
+        Variant("bf16 weights + channels_last + prepacked convs", bf16_weights=True, channels_last=True, prepack=True),
+        Variant("bf16 weights + channels_last + prepacked convs, 1 thread", bf16_weights=True, channels_last=True,
+                prepack=True, threads=1),
     ]
     if compile_:
         found.append(
@@ -170,6 +175,8 @@ class Applied:
             torch.backends.mkldnn.fp32_precision = "bf16"
         if self.v.channels_last:
             self.unet.to(memory_format=torch.channels_last)
+        if self.v.prepack:
+            prepack_convolutions(self.unet)
         if self.v.attention == "classic":
             self.processors = self.unet.attn_processors
             self.unet.set_attn_processor(AttnProcessor())
@@ -194,6 +201,8 @@ class Applied:
         torch.backends.mkldnn.fp32_precision = self.precision
         if self.v.channels_last:
             self.unet.to(memory_format=torch.contiguous_format)
+        if self.v.prepack:
+            unpack_convolutions(self.unet)
         if self.v.attention == "classic":
             self.unet.set_attn_processor(self.processors)
         if self.v.compile:
@@ -296,17 +305,20 @@ def run_vae(size: int, repeats: int) -> list[Measured]:
     vae, threads = build_vae("sd15"), torch.get_num_threads()
     vae_bf16 = cast(copy.deepcopy(vae), torch.bfloat16)
     taesd = build_taesd()
-    # (name, model, compute dtype, channels_last, threads)
-    candidates = [("vae decode fp32 (diffusers default)", vae, "fp32", False, threads),
-                  ("vae decode bf16 weights", vae_bf16, "bf16", False, threads),
-                  ("vae decode bf16 weights + channels_last", vae_bf16, "bf16", True, threads),
-                  ("vae decode bf16 weights + channels_last, 1 thread", vae_bf16, "bf16", True, 1),
-                  ("taesd decode fp32 (preview)", taesd, "fp32", False, threads),
-                  ("taesd decode bf16 (preview)", cast(copy.deepcopy(taesd), torch.bfloat16), "bf16", False, threads)]  # fmt: skip
+    # (name, model, compute dtype, channels_last, prepacked convolutions, threads)
+    candidates = [("vae decode fp32 (diffusers default)", vae, "fp32", False, False, threads),
+                  ("vae decode bf16 weights", vae_bf16, "bf16", False, False, threads),
+                  ("vae decode bf16 weights + channels_last", vae_bf16, "bf16", True, False, threads),
+                  ("vae decode bf16 weights + channels_last, 1 thread", vae_bf16, "bf16", True, False, 1),
+                  ("vae decode bf16 weights + channels_last + prepacked convs", vae_bf16, "bf16", True, True, threads),
+                  ("taesd decode fp32 (preview)", taesd, "fp32", False, False, threads),
+                  ("taesd decode bf16 (preview)", cast(copy.deepcopy(taesd), torch.bfloat16), "bf16", False, False, threads)]  # fmt: skip
     measured, reference, base = [], None, None
-    for name, model, dtype, channels_last, count in candidates:
+    for name, model, dtype, channels_last, prepack, count in candidates:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         model.to(memory_format=fmt)
+        if prepack:
+            prepack_convolutions(model)
         z = latents.to(next(model.parameters()).dtype).contiguous(memory_format=fmt)
         # AutoencoderTiny decodes raw latents; the KL VAE gets them unscaled, as the pipeline passes them
         scaled = z if "taesd" in name else z / vae.config.scaling_factor
@@ -321,6 +333,7 @@ def run_vae(size: int, repeats: int) -> list[Measured]:
         finally:
             torch.set_num_threads(threads)
             model.to(memory_format=torch.contiguous_format)
+            unpack_convolutions(model)
         image = to_image(out)
         if reference is None:
             reference, base = image, seconds

@@ -11,7 +11,7 @@ import torch
 from cli_helpers import assert_user_error, invoke
 from PIL import Image
 
-from sdkit.prepack import PackedConv2d, invalidate, prepack_convolutions
+from sdkit.prepack import PackedConv2d, invalidate, prepack_convolutions, unpack_convolutions
 
 GEN = ["--steps", "3", "--seed", "4", "--scheduler", "Euler", "--dtype", "bf16"]
 
@@ -40,6 +40,8 @@ def test_packed_conv_equals_conv(dtype: torch.dtype, stride: int, bias: bool, ch
         got, expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2 if dtype == torch.bfloat16 else 1e-5
     )
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    unpack_convolutions(holder)
+    assert type(holder[0]) is torch.nn.Conv2d and "_packed" not in vars(holder[0])
 
 
 def test_large_inputs_and_training_keep_the_eager_path() -> None:
