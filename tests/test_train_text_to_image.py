@@ -175,12 +175,18 @@ def test_shapes_base_recipe_validates():
 
     jobs = load_file(ROOT / "recipes/train/shapes-base.yaml")  # every job validated against its schema
     check_references(jobs)
-    assert [j.task.name for j in jobs] == ["data-shapes", "data-shapes", *["train-text-to-image"] * 5]
-    vae, unet, more, decoder, last = (
-        TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"}) for j in jobs[2:]
+    tasks = ["data-shapes", "data-shapes", *["train-text-to-image"] * 5, "data-shapes", "train-text-to-image"]
+    assert [j.task.name for j in jobs] == tasks
+    vae, unet, more, decoder, stage5, last = (
+        TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"})
+        for j in jobs
+        if j.task.name == "train-text-to-image"
     )
     assert (vae.stage, vae.preset, unet.stage, unet.prediction_type) == ("vae", "shapes", "unet", "v_prediction")
     assert (more.stage, more.prediction_type, jobs[4].raw["model"]) == ("unet", "v_prediction", "${jobs.unet.output}")
     # the decoder-only VAE stage keeps the latent space; the last UNet stage continues on its output
     assert (decoder.stage, decoder.train_vae_encoder, jobs[5].raw["model"]) == ("vae", False, "${jobs.unet2.output}")
-    assert (last.stage, last.prediction_type, jobs[6].raw["model"]) == ("unet", "v_prediction", "${jobs.decoder.output}")
+    assert (stage5.stage, stage5.prediction_type, jobs[6].raw["model"]) == ("unet", "v_prediction", "${jobs.decoder.output}")
+    # v4: the last stage continues stage 5 at a lower learning rate on the larger dataset of job 8
+    assert (last.stage, jobs[8].raw["model"], str(last.data_dir)) == ("unet", "${jobs.unet3.output}", jobs[7].raw["out"])
+    assert last.learning_rate < stage5.learning_rate
