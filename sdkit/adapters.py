@@ -87,10 +87,8 @@ def drop_packed_weights(pipe) -> None:
     import sys
 
     prepack = sys.modules.get("sdkit.prepack")  # never imported: nothing was prepacked
-    if prepack is not None:
-        for name in ("unet", "vae"):
-            if getattr(pipe, name, None) is not None:
-                prepack.invalidate(getattr(pipe, name))
+    if prepack is not None and getattr(pipe, "unet", None) is not None:
+        prepack.invalidate(pipe.unet)
 
 
 @contextlib.contextmanager

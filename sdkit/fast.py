@@ -22,13 +22,13 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType({
     "mps": MappingProxyType({"dtype": "fp16"}),  # not measured: what auto already picks there
     # CPUs with native bf16 (AVX512-BF16 or AMX), bench/cpu_compute.py at 512 px: SD 1.5 UNet CFG step 0.57x of fp32 in
     # bf16, 0.44x in bf16 + channels_last (57 dB PSNR); VAE decode 0.46x -> 0.20x. Autocast was slower than bf16 weights.
-    # Prepacked convolutions: 5.6 s -> 3.6 s per UNet step on one thread, same pixels (sdkit/prepack.py).
-    "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True, "prepack": True}),
+    # Prepacked convolutions (--prepack) stay out: 0.92-0.97x per UNet step on one thread, but 1.2x slower on two
+    # threads and for the VAE (bench/cpu_compute.py, sdkit/prepack.py).
+    "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True}),
     # other CPUs: fp32 is the fastest precision; nothing else measured faster
     "cpu": MappingProxyType({}),
 })  # fmt: skip
 NOT_WITH_FUSED_QKV = ("lora", "attention_slicing")  # a LoRA on to_q/to_k/to_v is bypassed by the fused projection
-NOT_WITH_PREPACK = ("compile",)  # inductor packs weights itself (freezing); two packers in one graph do not mix
 
 
 def cpu_has_native_bf16() -> bool:
@@ -63,8 +63,6 @@ def preset_for(recipe, device_type: str) -> dict[str, Any]:
                 changes[name] = value
         elif name == "fuse_qkv" and any(getattr(recipe, other, None) for other in NOT_WITH_FUSED_QKV):
             continue  # would break the LoRA / the slicing: fast skips it
-        elif name == "prepack" and any(getattr(recipe, other, None) for other in NOT_WITH_PREPACK):
-            continue
         elif value and not getattr(recipe, name):
             changes[name] = value
     return changes

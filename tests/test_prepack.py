@@ -111,15 +111,18 @@ def test_prepack_same_pixels_across_jobs_with_a_fused_conv_lora(tmp_path: Path, 
         assert np.abs(plain - packed).max() <= 1
 
 
-def test_prepack_is_in_the_cpu_bf16_preset_and_refused_with_compile(
+def test_prepack_covers_the_unet_and_is_refused_with_compile(
     tmp_path: Path, tiny_sd_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdkit import fast
+    from sdkit import device
+    from sdkit.models import load_pipeline, resolve_model
+    from sdkit.pipelines import apply_speed
     from sdkit.schema.generate import GenerateRecipe
 
-    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
-    assert fast.preset_for(GenerateRecipe(fast=True), "cpu")["prepack"] is True
-    assert "prepack" not in fast.preset_for(GenerateRecipe(fast=True, compile=True), "cpu")  # fast skips it there
+    placement = device.resolve("cpu", "bf16")
+    pipe = load_pipeline(resolve_model(str(tiny_sd_dir)), torch_dtype=placement.dtype)
+    apply_speed(pipe, GenerateRecipe(prepack=True), placement)
+    assert isinstance(pipe.unet.conv_in, PackedConv2d) and type(pipe.vae.decoder.conv_in) is torch.nn.Conv2d
     out = tmp_path / "o"
     assert_user_error(
         invoke("generate", "x", "-m", tiny_sd_dir, *GEN, "--prepack", "--compile", "-o", out), "--prepack"

@@ -56,8 +56,9 @@ class Speed(Schema):
     )
     prepack: bool = Field(
         False,
-        description="CPU: keep the UNet's and VAE's large convolution weights in oneDNN's packed layout instead of "
-        "repacking them on every call (same pixels; costs those weights' memory again; not with --compile).",
+        description="CPU: keep the UNet's large convolution weights in oneDNN's packed layout instead of repacking "
+        "them on every call (same pixels; 0.92-0.97x per step on one thread, slower on two; costs those weights' "
+        "memory again; not with --compile).",
     )
     compile: bool = Field(
         False,
@@ -67,7 +68,7 @@ class Speed(Schema):
     fast: bool = Field(
         False,
         description="The best measured settings for the device (sdkit/fast.py): cuda = fp16, channels-last, fused QKV; "
-        "cpu with native bf16 = bf16, channels-last, prepacked convolutions. Never overrides a --dtype you give; recorded in the image's recipe.",
+        "cpu with native bf16 = bf16, channels-last. Never overrides a --dtype you give; recorded in the image's recipe.",
     )
 
     def speed_key(self) -> tuple:
