@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import Figure, write_results
+from bench.prepack import prepack_convolutions, unpack_convolutions
 from bench.sd_configs import build_taesd, build_unet, build_vae, cast
-from sdkit.prepack import prepack_convolutions, unpack_convolutions
 
 BENCH = "cpu_compute"
 QUALITY_DB = 30.0  # PSNR against fp32 below which a variant does not hold output quality
@@ -118,7 +118,7 @@ class Variant:
     autocast: bool = False  # bf16 autocast over fp32 weights
     onednn_bf16: bool = False  # fp32 weights, oneDNN allowed to compute fp32 matmul/conv in bf16
     channels_last: bool = False
-    prepack: bool = False  # sdkit.prepack: oneDNN weights packed once (sdkit --prepack)
+    prepack: bool = False  # bench.prepack: oneDNN weights packed once per layer (not adopted by sdkit)
     attention: str = "default"  # default (diffusers: SDPA) | classic (AttnProcessor: bmm + softmax)
     threads: int | None = None  # None: torch's default
     compile: bool = False

@@ -64,7 +64,6 @@ def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
     pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
     if fuse:
         pipe.fuse_lora(adapter_names=names)
-        drop_packed_weights(pipe)
 
 
 def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
@@ -82,15 +81,6 @@ def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
             raise UserError(f"--embedding {emb.path} does not fit this text encoder ({first}): use one made for this model") from None
 
 
-def drop_packed_weights(pipe) -> None:
-    """Fusing changed conv weights in place: prepacked copies (sdkit.prepack, --prepack) must be made again."""
-    import sys
-
-    prepack = sys.modules.get("sdkit.prepack")  # never imported: nothing was prepacked
-    if prepack is not None and getattr(pipe, "unet", None) is not None:
-        prepack.invalidate(pipe.unet)
-
-
 @contextlib.contextmanager
 def adapters_applied(pipe, loras: list[LoraRef], embeddings: list[EmbeddingRef], *, fuse: bool = False):
     """LoRAs and embeddings on a (possibly shared) pipeline for one job, removed again afterwards."""
@@ -103,7 +93,6 @@ def adapters_applied(pipe, loras: list[LoraRef], embeddings: list[EmbeddingRef],
         if loras:
             if fuse:
                 pipe.unfuse_lora()
-                drop_packed_weights(pipe)
             pipe.unload_lora_weights()
         if embeddings:
             pipe.unload_textual_inversion()

@@ -22,8 +22,8 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType({
     "mps": MappingProxyType({"dtype": "fp16"}),  # not measured: what auto already picks there
     # CPUs with native bf16 (AVX512-BF16 or AMX), bench/cpu_compute.py at 512 px: SD 1.5 UNet CFG step 0.57x of fp32 in
     # bf16, 0.44x in bf16 + channels_last (57 dB PSNR); VAE decode 0.46x -> 0.20x. Autocast was slower than bf16 weights.
-    # Prepacked convolutions (--prepack) stay out: 0.92-0.97x per UNet step on one thread, but 1.2x slower on two
-    # threads and for the VAE (bench/cpu_compute.py, sdkit/prepack.py).
+    # Prepacked oneDNN convolution weights (bench/prepack.py) were measured and left out: 0.92-1.10x per UNet step on one
+    # thread, 1.17x slower on two, the VAE 1.28x slower.
     "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True}),
     # other CPUs: fp32 is the fastest precision; nothing else measured faster
     "cpu": MappingProxyType({}),
@@ -87,5 +87,3 @@ def check_combination(recipe) -> None:
         if clash:
             flag = "--" + clash[0].replace("_", "-")
             raise UserError(f"--fuse-qkv with {flag}: fused projections bypass what {flag} changes; drop one of them")
-    if getattr(recipe, "prepack", False) and getattr(recipe, "compile", False):
-        raise UserError("--prepack with --compile: torch.compile packs the weights itself; drop --prepack")

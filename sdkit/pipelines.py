@@ -59,10 +59,6 @@ def apply_speed(pipe, speed: Speed, placement: device.Placement) -> None:
     if speed.channels_last:  # bench/cpu_compute: bf16 VAE decode at 512 px 0.46x -> 0.20x of fp32 with it
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-    if speed.prepack:  # the UNet only: bench/cpu_compute measured the VAE decode slower with it
-        from sdkit.prepack import prepack_convolutions
-
-        prepack_convolutions(pipe.unet)
     if speed.compile:
         compile_modules(pipe, placement)
 

@@ -54,12 +54,6 @@ class Speed(Schema):
     tiny_vae: str | None = Field(
         None, description="Decode with an AutoencoderTiny (TAESD) folder or hub id, e.g. madebyollin/taesd: fast previews, lower quality."
     )
-    prepack: bool = Field(
-        False,
-        description="CPU: keep the UNet's large convolution weights in oneDNN's packed layout instead of repacking "
-        "them on every call (same pixels; 0.92-0.97x per step on one thread, slower on two; costs those weights' "
-        "memory again; not with --compile).",
-    )
     compile: bool = Field(
         False,
         description="torch.compile the UNet and the VAE decoder (inductor): the first image waits for compilation "
@@ -74,4 +68,4 @@ class Speed(Schema):
     def speed_key(self) -> tuple:
         """What a loaded pipeline depends on: jobs that differ here never share one (see pipelines.PipelineCache)."""
         return (self.attention_slicing, self.vae_slicing, self.vae_tiling, self.channels_last, self.fuse_qkv, self.tiny_vae,
-                self.prepack, self.compile, self.fast)  # fmt: skip
+                self.compile, self.fast)  # fmt: skip

@@ -1,18 +1,14 @@
-"""Prepacked convolutions on CPU (`--prepack`): oneDNN's blocked weight layout made once, not on every call.
+"""Prepacked convolutions on CPU: oneDNN's blocked weight layout made once, not on every call. A candidate of
+bench/cpu_compute.py that sdkit did not adopt.
 
 In eager PyTorch a CPU convolution reorders its weight into oneDNN's blocked layout on every call. Where the weight is
 large and the activation small (the UNet's 1280/2560-channel layers at 8x8-16x16 latents), that reorder costs more than
-the convolution: bench/cpu_compute.py measured a 2560->1280 3x3 convolution on a 4x4 batch-2 input at 49 GFLOP/s
-eager against 393 GFLOP/s prepacked (bf16, one thread). Prepacking them (`torch._C._nn.mkldnn_reorder_conv2d_weight`,
-what torch.utils.mkldnn's MkldnnConv2d and inductor's freezing do) gives the same output, but the gain on a whole
-SD 1.5 UNet step at 512 px is small and depends on the machine: 0.92x (interleaved A/B on a loaded box) and 0.97x
-(bench/cpu_compute.py) on one thread, 1.17x slower on two threads, and the VAE decode 1.28x slower; so it is an
-opt-in for single-threaded CPU runs, not part of --fast. Layers whose activation outweighs the weight keep the eager
-path (converting a large activation to oneDNN's layout and back costs more than it saves).
-
-The layer stays an `nn.Conv2d` (its class is swapped in place), so its parameters, state dict and peft LoRA wrapping
-are untouched; the packed copy is built at its first call without gradients and costs the weight's memory again.
-Whatever changes conv weights in place afterwards (fusing a LoRA) must call `invalidate`: sdkit.adapters does.
+the convolution: a 2560->1280 3x3 convolution on a 4x4 batch-2 input ran at 49 GFLOP/s eager against 393 GFLOP/s
+prepacked (bf16, one thread). Prepacking (`torch._C._nn.mkldnn_reorder_conv2d_weight`, what torch.utils.mkldnn's
+MkldnnConv2d and inductor's freezing do) gives the same output, but on a whole SD 1.5 UNet step at 512 px it measured
+0.92x (interleaved A/B), 0.97x and 1.10x (two bench runs) on one thread, 1.17x slower on two threads, and the VAE
+decode 1.28x slower: no reliable gain, so it is not an sdkit option. Layers whose activation outweighs the weight keep
+the eager path (converting a large activation to oneDNN's layout and back costs more than it saves).
 """
 
 from __future__ import annotations
