@@ -6,12 +6,15 @@ measured with os.wait4), then `sdkit.recipes.eval_shapes.run` scores generated i
 at the given weights with diffusers' fuse_lora, or the embedding loaded into the tokenizer and text encoder).
 
 Concepts absent from the base model's training set:
-  * DreamBooth: "sks" = the star, from 5 star images prompted "a <colour> sks on a <background> background" (the
-    prompt template filled from each image's metadata). "sks" takes the shape word's place because the base model's
+  * DreamBooth: "sks" = the star, from 5 star images in 5 different colours on 5 different backgrounds, prompted "a
+    <colour> sks on a <background> background" (the prompt template filled from each image's metadata). "sks" takes the shape word's place because the base model's
     tiny text encoder only ever saw captions of one fixed structure: one extra word ("a red sks shape on ...") shifts
     the colour and background words to positions it never learned (the base then scores 13 % colour, 3 % background).
-    Prior preservation: 50 images the base model generates for the base world's own captions, each trained with its
-    caption (the world has no class noun the base knows: "shape" never occurs in its captions). Concept rate = share
+    Prior preservation: 200 renders of the base world as regularisation images, each trained with its caption (the
+    world has no class noun the base knows: "shape" never occurs in its captions). On v3, 50 images the base model
+    generated itself kept less of the world (39 % adherence after training, against 50 % with renders). Both
+    DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it the world fell to 58 % instead
+    of 65 % on v3), the full fine-tune an EMA of its weights. Concept rate = share
     of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after
     shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,12 +47,12 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attenti
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "dreambooth_full": ("dreambooth", {
         "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4,
-        "learning_rate": 1e-4,
+        "num_class_images": 200, "prior_loss_weight": 1.0, "max_steps": 1000, "train_batch_size": 4,
+        "learning_rate": 1e-4, "snr_gamma": 5.0, "use_ema": True, "ema_decay": 0.998,
     }),
     "dreambooth_lora": ("dreambooth", {
         "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 50, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4,
+        "num_class_images": 200, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4, "snr_gamma": 5.0,
         "lora": True, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True, "learning_rate": 1e-3,
         "trigger_word": "sks",
     }),
@@ -64,12 +68,23 @@ COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0,
 
 
 def make_data(root: Path) -> dict[str, Path]:
-    """Star instances (5), striped images with captions (300), triangles captioned with the new token (20)."""
+    """Star instances (5, no colour or background twice), striped images with captions (300), triangles captioned with
+    the new token (20), renders of the base world with their captions (200: DreamBooth's regularisation images)."""
     from sdkit.data.shapes import write_dataset
 
-    paths = {"star": root / "star", "striped": root / "striped", "zig": root / "zig"}
+    paths = {"star": root / "star", "striped": root / "striped", "zig": root / "zig", "world": root / "world"}
     if not paths["star"].exists():
-        write_dataset(paths["star"], 5, seed=101, shapes=["star"], split="all")
+        pool = write_dataset(root / "star-pool", 200, seed=101, shapes=["star"], split="all")
+        rows, chosen = [json.loads(line) for line in (pool / "metadata.jsonl").read_text().splitlines()], []
+        for row in rows:
+            if all(row["color"] != c["color"] and row["background"] != c["background"] for c in chosen):
+                chosen.append(row)
+        (paths["star"] / "images").mkdir(parents=True)
+        for row in chosen[:5]:
+            shutil.copy(pool / row["file_name"], paths["star"] / row["file_name"])
+        (paths["star"] / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chosen[:5]))
+    if not paths["world"].exists():
+        write_dataset(paths["world"], 200, seed=201)
     if not paths["striped"].exists():
         write_dataset(paths["striped"], 300, seed=102, pattern="striped")
     if not paths["zig"].exists():
@@ -78,37 +93,6 @@ def make_data(root: Path) -> dict[str, Path]:
         rows = [json.loads(line) for line in meta.read_text().splitlines()]
         meta.write_text("".join(json.dumps({**r, "text": r["text"].replace("triangle", TI_TOKEN)}) + "\n" for r in rows))
     return paths
-
-
-def world_class_images(model: str, folder: Path, n: int) -> Path:
-    """Prior-preservation images: the base model's own pictures of the base world's captions, as an imagefolder (each
-    class image then trains with its caption, so the model keeps drawing the world it knew)."""
-    import numpy as np
-    import torch
-
-    from sdkit import schedulers
-    from sdkit.data.shapes import sample_world
-    from sdkit.models import load_pipeline, resolve_model
-
-    if (folder / "metadata.jsonl").is_file():
-        return folder
-    pipe = load_pipeline(resolve_model(model, hash_local=False), torch_dtype=torch.float32)
-    pipe.scheduler = schedulers.build("DPM++ 2M", pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    scenes = sample_world(np.random.default_rng(7), n)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for start in range(0, n, 25):
-        batch = scenes[start : start + 25]
-        gens = [torch.Generator().manual_seed(10_000 + start + i) for i in range(len(batch))]
-        with torch.no_grad():
-            images = pipe([s.text for s in batch], num_inference_steps=20, guidance_scale=5.0, generator=gens).images
-        for i, (scene, image) in enumerate(zip(batch, images, strict=True)):
-            name = f"images/{start + i:05d}.png"
-            image.save(folder / name)
-            rows.append(json.dumps({"file_name": name, "text": scene.text}))
-    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return folder
 
 
 def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) -> dict[str, Any]:
@@ -124,7 +108,7 @@ def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) 
             recipe["num_class_images"] = 4
     if command == "dreambooth":
         recipe["instance_data_dir"] = str(data["star"])  # imagefolder: CONCEPT is filled from each image's metadata
-        recipe["class_data_dir"] = str(world_class_images(model, out / "class_images", recipe["num_class_images"]))
+        recipe["class_data_dir"] = str(data["world"])
         recipe["validation_prompts"] = [CONCEPT.format(color="red", background="blue"), "a green circle on a white background"]
     elif command == "lora":
         recipe["data_dir"] = str(data["striped"])
