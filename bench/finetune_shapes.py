@@ -7,16 +7,16 @@ at the given weights with diffusers' fuse_lora, or the embedding loaded into the
 
 Concepts absent from the base model's training set:
   * DreamBooth: "sks" = the star, from 5 star images in 5 different colours on 5 different backgrounds, prompted "a
-    <colour> sks on a <background> background" (the prompt template filled from each image's metadata). "sks" takes the shape word's place because the base model's
-    tiny text encoder only ever saw captions of one fixed structure: one extra word ("a red sks shape on ...") shifts
-    the colour and background words to positions it never learned (the base then scores 13 % colour, 3 % background).
-    Prior preservation: 200 renders of the base world as regularisation images, each trained with its caption (the
-    world has no class noun the base knows: "shape" never occurs in its captions). On v3, 50 images the base model
-    generated itself kept less of the world (39 % adherence after training, against 50 % with renders). Both
-    DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it the world fell to 58 % instead
-    of 65 % on v3), the full fine-tune an EMA of its weights. Concept rate = share
-    of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after
-    shows what the prior kept.
+    <colour> sks on a <background> background" (the prompt template filled from each image's metadata). "sks" takes the
+    shape word's place because the base model's tiny text encoder only ever saw captions of one fixed structure: one
+    extra word ("a red sks shape on ...") shifts the colour and background words to positions it never learned (the base
+    then scores 13 % colour, 3 % background). Prior preservation: 200 renders of the base world as regularisation
+    images, each trained with its caption (the world has no class noun the base knows: "shape" never occurs in its
+    captions). On v3, 50 images the base model generated itself kept less of the world (39 % adherence after training,
+    against 50 % with renders). Both DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it
+    the world fell to 58 % instead of 65 % on v3), the full fine-tune an EMA of its weights. Concept rate = share of "a
+    <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after shows what
+    the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
     share of striped-prompt images read as striped, at LoRA weight 1 and 0; and with the DreamBooth LoRA stacked.
   * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape"), from 20 captioned triangles;
@@ -79,10 +79,12 @@ def make_data(root: Path) -> dict[str, Path]:
         for row in rows:
             if all(row["color"] != c["color"] and row["background"] != c["background"] for c in chosen):
                 chosen.append(row)
+            if len(chosen) == 5:
+                break
         (paths["star"] / "images").mkdir(parents=True)
-        for row in chosen[:5]:
+        for row in chosen:
             shutil.copy(pool / row["file_name"], paths["star"] / row["file_name"])
-        (paths["star"] / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chosen[:5]))
+        (paths["star"] / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chosen))
     if not paths["world"].exists():
         write_dataset(paths["world"], 200, seed=201)
     if not paths["striped"].exists():

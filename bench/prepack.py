@@ -70,13 +70,6 @@ def unpack_convolutions(model: torch.nn.Module) -> None:
     """Undo `prepack_convolutions`: plain nn.Conv2d layers again, packed copies freed."""
     for module in model.modules():
         if isinstance(module, PackedConv2d):
-            module._packed = None
-            del module._packed  # back to the class default, so the plain class carries no attribute of ours
+            vars(module).pop("_packed", None)  # the plain class carries no attribute of ours
             module.__class__ = torch.nn.Conv2d
 
-
-def invalidate(model: torch.nn.Module) -> None:
-    """Drop every packed copy (weights changed in place): the next call packs the new weights."""
-    for module in model.modules():
-        if isinstance(module, PackedConv2d):
-            module._packed = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.prepack import PackedConv2d, invalidate, prepack_convolutions, unpack_convolutions
+from bench.prepack import PackedConv2d, prepack_convolutions, unpack_convolutions
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -49,9 +49,6 @@ def test_weight_changes_repack() -> None:
     prepack_convolutions(conv)
     x = torch.randn(1, 8, 2, 2)
     with torch.no_grad():
-        first = conv(x)
+        conv(x)
         conv[0].weight.copy_(conv[0].weight * 2)  # an in-place copy (load_state_dict) bumps the version: detected
         torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv[0].weight, conv[0].bias, padding=1))
-        conv[0].weight.data.mul_(0.5)  # .data edits (what LoRA fusing does) are not tracked: invalidate() is needed
-        invalidate(conv)
-        torch.testing.assert_close(conv(x), first)

@@ -102,10 +102,7 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as err:
             if os.environ.get("SDKIT_DEBUG"):
                 raise
-            print(
-                f"internal error: {type(err).__name__}: {_one_line(err)[:500]} (SDKIT_DEBUG=1 shows the traceback)",
-                file=sys.stderr,
-            )
+            print(f"internal error: {type(err).__name__}: {_one_line(err)[:500]} (SDKIT_DEBUG=1 shows the traceback)", file=sys.stderr)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -125,9 +122,7 @@ def build_recipe(schema: type[M], recipe_file: Path | None, given: dict[str, Any
         if not isinstance(loaded, dict):
             raise UserError(f"{recipe_file}: a recipe file must be a mapping of keys to values")
         if loaded.get("task", task) != task:
-            raise UserError(
-                f"{recipe_file}: task {loaded['task']!r} is not {task!r}: run it with `sdkit run {recipe_file}`"
-            )
+            raise UserError(f"{recipe_file}: task {loaded['task']!r} is not {task!r}: run it with `sdkit run {recipe_file}`")
         data.update({k: v for k, v in loaded.items() if k != "task"})
         data.lines = getattr(loaded, "lines", {})
         source = str(recipe_file)
