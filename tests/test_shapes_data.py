@@ -65,6 +65,27 @@ def test_metadata_columns_captions_and_images(tmp_path: Path) -> None:
         assert lo <= int(row["size"]) <= hi
 
 
+def test_caption_noise_names_wrong_attributes_at_its_rate_and_keeps_the_truth(tmp_path: Path) -> None:
+    clean = read_metadata(write_dataset(tmp_path / "clean", 400, seed=5))
+    noisy_dir = write_dataset(tmp_path / "noisy", 400, seed=5, caption_noise=0.3)
+    noisy = read_metadata(noisy_dir)
+    assert read_metadata(write_dataset(tmp_path / "again", 400, seed=5, caption_noise=0.3)) == noisy
+    with Image.open(noisy_dir / "images/00007.png") as a, Image.open(tmp_path / "clean/images/00007.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # the noise touches captions only
+    held = {f"{c} {s}" for c, s in HELD_OUT}
+    wrong = {"shape": 0, "color": 0, "background": 0}
+    for c, n in zip(clean, noisy, strict=True):
+        assert n["true_text"] == c["text"] and {k: n[k] for k in c if k != "text"} == {k: c[k] for k in c if k != "text"}
+        words = str(n["text"]).split()
+        said = {"color": words[1], "shape": words[2], "background": words[5]}
+        assert said["color"] != said["background"] and f"{said['color']} {said['shape']}" not in held
+        assert said["shape"] in BASE_SHAPES
+        for key in wrong:
+            wrong[key] += said[key] != n[key]
+    for key, count in wrong.items():  # 30 % each; binomial sd 2.3 % at n=400
+        assert 0.22 < count / 400 < 0.38, (key, count)
+
+
 def test_captions_are_regular() -> None:
     assert Sample("circle", "red", "blue", 32, 32, 30).text == "a red circle on a blue background"
     assert (
@@ -189,6 +210,7 @@ def test_schema_defaults_and_run(tmp_path: Path) -> None:
         ({"size": 1024}, "less than or equal to 512"),
         ({"n": 0}, "greater than or equal to 1"),
         ({"pattern": "dotted"}, "solid"),
+        ({"caption_noise": 1.0}, "less than or equal to 0.9"),
         ({"colour": ["red"]}, "Extra inputs are not permitted"),
     ],
 )

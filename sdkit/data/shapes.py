@@ -250,13 +250,16 @@ def write_dataset(
     split: str = "train",
     pattern: str = "solid",
     conditioning: bool = False,
+    caption_noise: float = 0.0,
 ) -> Path:
     """Write `n` scenes as a Hugging Face imagefolder dataset and return its directory.
 
     Layout: `images/NNNNN.png` + `metadata.jsonl` (`file_name`, `text`, shape, color, background, x, y, size,
     pattern); with `conditioning`, also `conditioning/NNNNN.png` (Canny edges of the image, column
     `conditioning_image`) and `masks/NNNNN.png` (binary shape mask, column `mask_image`), as diffusers'
-    train_controlnet example expects. Written into a temporary sibling directory, renamed into place when complete.
+    train_controlnet example expects. With `caption_noise` p, each caption names a wrong shape, colour and background
+    with probability p apiece (as web alt-text does; the structured columns and `true_text` keep the truth).
+    Written into a temporary sibling directory, renamed into place when complete.
     """
     out = Path(out_dir)
     if n < 1:
@@ -275,10 +278,14 @@ def write_dataset(
         pattern=pattern,
         canvas=size,
     )
+    texts = None
+    if caption_noise:
+        shape_names = list(BASE_SHAPES if shapes is None else shapes)
+        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shape_names)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_files(tmp, samples, size, conditioning)
+        _write_files(tmp, samples, size, conditioning, texts)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -288,7 +295,32 @@ def write_dataset(
     return out
 
 
-def _write_files(root: Path, samples: Sequence[Sample], size: int, conditioning: bool) -> None:
+def noisy_captions(rng: np.random.Generator, samples: Sequence[Sample], p: float, shapes: Sequence[str]) -> list[str]:
+    """Each sample's caption with its shape, colour and background each replaced, with probability `p`, by another
+    value; a wrong caption never names a held-out colour x shape pair nor an object the colour of its background."""
+    held = set(HELD_OUT)
+    texts = []
+    for sample in samples:
+        flip = rng.random(3) < p
+        for _ in range(100):
+            shape, color, background = sample.shape, sample.color, sample.background
+            if flip[0] and len(shapes) > 1:
+                shape = str(rng.choice([s for s in shapes if s != sample.shape]))
+            if flip[1]:
+                color = str(rng.choice([c for c in COLOR_NAMES if c != sample.color]))
+            if flip[2]:
+                background = str(rng.choice([c for c in COLOR_NAMES if c != sample.background]))
+            if color != background and (color, shape) not in held:
+                break
+        else:
+            shape, color, background = sample.shape, sample.color, sample.background
+        texts.append(caption(shape, color, background, sample.pattern))
+    return texts
+
+
+def _write_files(
+    root: Path, samples: Sequence[Sample], size: int, conditioning: bool, texts: Sequence[str] | None = None
+) -> None:
     width = max(5, len(str(len(samples) - 1)))
     subdirs = ("images", "conditioning", "masks") if conditioning else ("images",)
     for sub in subdirs:
@@ -299,6 +331,8 @@ def _write_files(root: Path, samples: Sequence[Sample], size: int, conditioning:
         rgb, mask = _render_arrays(sample, size)
         Image.fromarray(rgb).save(root / "images" / name)
         row: dict[str, object] = {"file_name": f"images/{name}", "text": sample.text, **sample.fields()}
+        if texts is not None:
+            row.update(text=texts[i], true_text=sample.text)
         if conditioning:
             canny(rgb).save(root / "conditioning" / name)
             Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / name)
@@ -329,6 +363,7 @@ def run(recipe: ShapesDataRecipe) -> Path:
         split=recipe.split,
         pattern=recipe.pattern,
         conditioning=recipe.conditioning,
+        caption_noise=recipe.caption_noise,
     )
 
 

@@ -51,6 +51,13 @@ class ShapesDataRecipe(Schema):
         False,
         description="Also write Canny edge maps (conditioning_image) and shape masks (mask_image) for ControlNet.",
     )
+    caption_noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.9,
+        description="Probability that a caption names a wrong shape, colour and background (each independently), as "
+        "noisy web captions do; the true caption stays in the true_text column.",
+    )
 
     @field_validator("shapes")
     @classmethod
