@@ -36,7 +36,7 @@ lint: install
 shapes-model: install
 	OMP_NUM_THREADS=1 $(SDKIT) run recipes/train/shapes-base.yaml
 	cp sdkit/assets/shapes/README.md runs/shapes-base/model-card.md
-	rm -rf sdkit/assets/shapes && cp -r runs/shapes-base/unet4/model sdkit/assets/shapes
+	rm -rf sdkit/assets/shapes && cp -r runs/shapes-base/unet6/model sdkit/assets/shapes
 	cp runs/shapes-base/model-card.md sdkit/assets/shapes/README.md  # the model card is kept; update its numbers
 
 bench: install

@@ -175,9 +175,9 @@ def test_shapes_base_recipe_validates():
 
     jobs = load_file(ROOT / "recipes/train/shapes-base.yaml")  # every job validated against its schema
     check_references(jobs)
-    tasks = ["data-shapes", "data-shapes", *["train-text-to-image"] * 5, "data-shapes", "train-text-to-image"]
+    tasks = ["data-shapes", "data-shapes", *["train-text-to-image"] * 5, *["data-shapes", "train-text-to-image"] * 2]
     assert [j.task.name for j in jobs] == tasks
-    vae, unet, more, decoder, stage5, last = (
+    vae, unet, more, decoder, stage5, stage6, last = (
         TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"})
         for j in jobs
         if j.task.name == "train-text-to-image"
@@ -187,6 +187,12 @@ def test_shapes_base_recipe_validates():
     # the decoder-only VAE stage keeps the latent space; the last UNet stage continues on its output
     assert (decoder.stage, decoder.train_vae_encoder, jobs[5].raw["model"]) == ("vae", False, "${jobs.unet2.output}")
     assert (stage5.stage, stage5.prediction_type, jobs[6].raw["model"]) == ("unet", "v_prediction", "${jobs.decoder.output}")
-    # v4: the last stage continues stage 5 at a lower learning rate on the larger dataset of job 8
-    assert (last.stage, jobs[8].raw["model"], str(last.data_dir)) == ("unet", "${jobs.unet3.output}", jobs[7].raw["out"])
-    assert last.learning_rate < stage5.learning_rate
+    # v4: stage 6 continues stage 5 at a lower learning rate on the larger dataset of job 8
+    assert (stage6.stage, jobs[8].raw["model"], str(stage6.data_dir)) == ("unet", "${jobs.unet3.output}", jobs[7].raw["out"])
+    assert stage6.learning_rate < stage5.learning_rate
+    # the shipped model: stage 7 continues stage 6 on job 10's noisy captions (the images are clean renders)
+    assert (last.stage, jobs[10].raw["model"], str(last.data_dir)) == ("unet", "${jobs.unet4.output}", jobs[9].raw["out"])
+    from sdkit.schema.data import ShapesDataRecipe
+
+    noise = [ShapesDataRecipe.model_validate(jobs[i].raw).caption_noise for i in (7, 9)]
+    assert noise[0] == 0 and noise[1] > 0
