@@ -57,7 +57,7 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "trigger_word": "sks",
     }),
     "lora_striped": ("lora", {
-        "max_steps": 2500, "train_batch_size": 16, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True,
+        "max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
         "learning_rate": 1e-3, "trigger_word": "striped",
     }),
     "textual_inversion": ("textual-inversion", {
