@@ -268,10 +268,11 @@ def write_dataset(
         raise UserError(
             f"{out} already exists and is not an empty directory: choose a new output directory or remove it"
         )
+    shapes = BASE_SHAPES if shapes is None else tuple(shapes)
     samples = sample_world(
         np.random.default_rng(seed),
         n,
-        shapes=BASE_SHAPES if shapes is None else tuple(shapes),
+        shapes=shapes,
         colors=COLOR_NAMES if colors is None else tuple(colors),
         backgrounds=backgrounds,
         split=split,
@@ -280,8 +281,7 @@ def write_dataset(
     )
     texts = None
     if caption_noise:
-        shape_names = list(BASE_SHAPES if shapes is None else shapes)
-        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shape_names)
+        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
