@@ -15,7 +15,7 @@ from sdkit.schema.train import TrainCommon
 from sdkit.training import checkpoints as ckpt
 from sdkit.training import data
 from sdkit.training.checkpoints import StopSignals
-from sdkit.training.loop import TrainTask, accelerator_session, run_training
+from sdkit.training.loop import TrainTask, accelerator_session, fused_adamw_ok, run_training
 from sdkit.training.plots import labelled_grid, loss_curve
 
 
@@ -94,6 +94,36 @@ def test_sigterm_finishes_the_step_saves_and_resume_matches(tmp_path):
                         checkpointing_steps=None)  # fmt: skip
     full = train_toy(tmp_path / "full", use_ema=False, lr_scheduler="constant", lr_warmup_steps=0, checkpointing_steps=None)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_the_loop_steps_with_fused_adamw_where_it_can(tmp_path, monkeypatch):
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs.get("fused"))
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    train_toy(tmp_path / "run", max_steps=2)
+    assert made == [True]
+    assert fused_adamw_ok([torch.nn.Parameter(torch.zeros(2))])
+    assert not fused_adamw_ok([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2, device="meta"))])
+
+
+def test_fused_adamw_does_the_default_update():
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(8, 8) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [torch.optim.AdamW(nets[0].parameters(), lr=1e-2), torch.optim.AdamW(nets[1].parameters(), lr=1e-2, fused=True)]
+    for step in range(5):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(step))
+        for net, optimizer in zip(nets, optimizers, strict=True):
+            net(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_pruning_keeps_newest_complete(tmp_path):

@@ -6,8 +6,9 @@ A task builds its models and data, then hands the loop a `TrainTask`: the traina
     with accelerator_session(recipe) as accelerator:    # inside the run, never at module level
         result = run_training(accelerator, recipe, TrainTask(modules={"unet": unet}, dataset=ds, loss_fn=loss))
 
-1. AdamW + diffusers' `get_scheduler`, a seedable DataLoader (`DataLoader(generator=...)` + accelerate's
-   `use_seedable_sampler`: the data order depends on the seed and epoch only), `accelerator.prepare`.
+1. AdamW (torch's fused kernel where the parameters allow) + diffusers' `get_scheduler`, a seedable DataLoader
+   (`DataLoader(generator=...)` + accelerate's `use_seedable_sampler`: the data order depends on the seed and epoch
+   only), `accelerator.prepare`.
 2. EMA (diffusers `EMAModel`) and the loop position/loss history, registered for checkpointing.
 3. Resume: `accelerator.load_state` + `skip_first_batches` to the exact batch, so a resumed run ends with the same
    weights as an uninterrupted one. Every micro-batch draws its randomness (noise, timesteps, caption dropout,
@@ -222,14 +223,14 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     lr = common.learning_rate
     if common.scale_lr:
         lr *= common.train_batch_size * common.gradient_accumulation_steps * nproc
-    optimizer_class = torch.optim.AdamW
+    optimizer_class, fused = torch.optim.AdamW, fused_adamw_ok(params)
     if getattr(common, "use_8bit_adam", False):
         from sdkit.training.speed import adamw_8bit
 
-        optimizer_class = adamw_8bit()
+        optimizer_class, fused = adamw_8bit(), False
     optimizer = optimizer_class(
         params, lr=lr, betas=(common.adam_beta1, common.adam_beta2), weight_decay=common.adam_weight_decay,
-        eps=common.adam_epsilon,
+        eps=common.adam_epsilon, **({"fused": True} if fused else {}),
     )  # fmt: skip
     lr_scheduler = get_scheduler(
         common.lr_scheduler, optimizer, num_warmup_steps=common.lr_warmup_steps * nproc,
@@ -250,7 +251,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
         model.train()
 
     # 2. EMA and the loop state, checkpointed with the weights
-    ema = EMAModel(params, decay=common.ema_decay) if common.use_ema else None
+    ema = EMAModel(params, decay=common.ema_decay, foreach=True) if common.use_ema else None  # foreach: ≈ 1.3× faster
     state = LoopState()
     for obj in (state, *([ema] if ema else []), *task.checkpoint_objects):
         accelerator.register_for_checkpointing(obj)
@@ -378,6 +379,12 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     unwrapped = {name: accelerator.unwrap_model(model) for name, model in models.items()}
     history = [{"step": s, "loss": loss, "lr": lr} for s, loss, lr in state.history]
     return TrainResult(step, history, unwrapped, seconds, resume_from)
+
+
+def fused_adamw_ok(params: list[torch.nn.Parameter]) -> bool:
+    """Whether torch's fused AdamW kernel can step `params` (floating point, on CPU or CUDA). It does the same update
+    as the default per-tensor loop, ≈ 5× faster on the shapes UNet's 326 tensors (bench/results.md, train_throughput)."""
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def _any_process(accelerator, flag: bool) -> bool:
