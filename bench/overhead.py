@@ -5,6 +5,10 @@ size; one torch thread in both (the machine is shared). Runs come in back-to-bac
 so both of a pair see the same load; the figure is the median of the pairs' ratios (CPU-time and fastest-run ratios
 in the detail). The two PNGs must hold identical pixels. Models: the embedded shapes model and
 the random-weight "tiny-sd" preset saved to a temporary folder. Goal ≤ 1.03×.
+
+Where the time goes (cProfile, one thread): both processes spend most of it importing diffusers/torch; denoising is
+≈ 0.5 s. Python's exit then tears the interpreter down for ≈ 0.9 s; sdkit skips that teardown (`sdkit.cli.finish`),
+which is what puts it ahead of the script.
 """
 
 from __future__ import annotations
