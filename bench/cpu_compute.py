@@ -8,7 +8,8 @@ for the same inputs (noise prediction: peak = the fp32 output's range; decoded i
 A variant "holds quality" at ≥ QUALITY_DB; the recommendation is the fastest such variant at the largest size.
 Peaks are measured per thread count (torch's default and 1): on a shared machine one busy core makes oneDNN's
 multi-threaded kernels wait, so the thread setting is itself a variant. torch.compile (inductor with freezing) is
-opt-in (--compile): its first call takes minutes.
+opt-in (--compile): its first call takes minutes. The recommended path's step is then profiled by operation class
+(bench/cpu_limits.py): the time share and fraction of peak of convolutions, attention, linears and the rest.
 
     python -m bench.cpu_compute [--quick] [--compile] [--no-write]
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import Figure, write_results
+from bench.cpu_limits import breakdown
 from bench.prepack import prepack_convolutions, unpack_convolutions
 from bench.sd_configs import build_taesd, build_unet, build_vae, cast
 
@@ -346,14 +348,19 @@ def run_vae(size: int, repeats: int) -> list[Measured]:
     return measured
 
 
-def recommend(measured: list[Measured], size: int) -> Figure:
+def fastest(measured: list[Measured], size: int) -> Measured:
     """The fastest UNet variant at `size` px whose output holds quality (PSNR ≥ QUALITY_DB vs fp32)."""
     rows = [
         m
         for m in measured
         if m.name.startswith(f"unet {size}px ") and m.quality is not None and m.quality >= QUALITY_DB
     ]
-    best = min(rows, key=lambda m: m.seconds)
+    return min(rows, key=lambda m: m.seconds)
+
+
+def recommend(measured: list[Measured], size: int) -> Figure:
+    """The recommendation: `fastest` at `size` px, as a ratio to diffusers' default."""
+    best = fastest(measured, size)
     ratio = best.seconds / best.base
     shown = "exact" if math.isinf(best.quality) else f"{best.quality:.1f} dB"
     return Figure(
@@ -383,7 +390,11 @@ def run(quick: bool = False, compile_: bool = False) -> list[Figure]:
     figures = [Figure(BENCH, f"matmul peak {d}, {t} thread{'s' if t > 1 else ''}", v, "GFLOP/s", "reference", None,
                       "2048² torch.matmul, best of 10 at the start and 10 at the end")
                for (d, t), v in peaks.items()]  # fmt: skip
-    return figures + [figure(m, peaks) for m in measured] + [recommend(measured, max(sizes))]
+    best = fastest(measured, max(sizes))
+    variant = next(v for v in variants(compile_) if best.name == f"unet {max(sizes)}px {v.name}")
+    log(f"profiling {best.name} by operation class")
+    limits = breakdown(variant, max(sizes), peaks[(best.dtype, best.threads)], "recommended path")
+    return figures + [figure(m, peaks) for m in measured] + [recommend(measured, max(sizes)), *limits]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bench import cpu_compute, gpu, sd_configs
+from bench import cpu_compute, cpu_limits, gpu, sd_configs
 
 
 def test_sd15_unet_config_matches_published_parameter_count():
@@ -91,6 +91,23 @@ def test_variant_settings_are_undone_and_bf16_holds_quality():
         assert fp32.conv_in.weight.is_contiguous() and bf16.conv_in.weight.is_contiguous()
     assert cpu_compute.psnr(outputs["ref"], outputs["classic"]) > 80  # same math, other kernels
     assert cpu_compute.QUALITY_DB < cpu_compute.psnr(outputs["ref"], outputs["bf16"]) < 80  # bf16: close, not equal
+
+
+def test_limits_split_a_step_by_operation_class():
+    from sdkit.architectures import build_components
+
+    assert [cpu_limits.op_class(n) for n in ("aten::mkldnn_convolution", "aten.convolution.default",
+            "aten::_scaled_dot_product_flash_attention_for_cpu", "aten.baddbmm", "aten::addmm", "aten.mm.default",
+            "aten::native_group_norm", "aten::copy_")] == ["convolution", "convolution", "attention", "attention",
+                                                           "linear", "linear", "rest", "rest"]  # fmt: skip
+    unet = build_components("tiny-sd")["unet"].requires_grad_(False)
+    inputs = (torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), torch.randn(2, 77, 32))
+    flops = cpu_limits.flops_by_class(unet, inputs)
+    assert {"convolution", "attention", "linear"} <= set(flops) and min(flops.values()) > 0
+    variant = cpu_compute.Variant("bf16", bf16_weights=True, channels_last=True, threads=1)
+    seconds = cpu_limits.seconds_by_class(variant, unet, inputs)
+    assert {"convolution", "attention", "linear", "rest"} <= set(seconds) and min(seconds.values()) > 0
+    assert unet.conv_in.weight.dtype == torch.float32 and unet.conv_in.weight.is_contiguous()  # the variant was undone
 
 
 def test_recommendation_is_the_fastest_variant_that_holds_quality():
