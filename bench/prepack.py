@@ -7,7 +7,8 @@ the convolution: a 2560->1280 3x3 convolution on a 4x4 batch-2 input ran at 49 G
 prepacked (bf16, one thread). Prepacking (`torch._C._nn.mkldnn_reorder_conv2d_weight`, what torch.utils.mkldnn's
 MkldnnConv2d and inductor's freezing do) gives the same output, but on a whole SD 1.5 UNet step at 512 px it measured
 0.92x (interleaved A/B), 0.97x and 1.10x (two bench runs) on one thread, 1.17x slower on two threads, and the VAE
-decode 1.28x slower: no reliable gain, so it is not an sdkit option. Layers whose activation outweighs the weight keep
+decode 1.28x slower; on a quiet machine (2026-11-30) 0.83x on two threads and 0.93x on one at 512 px, but 1.01x / 1.31x
+at 256 px and the VAE decode 1.35x slower: no reliable gain, so it is not an sdkit option. Layers whose activation outweighs the weight keep
 the eager path (converting a large activation to oneDNN's layout and back costs more than it saves).
 """
 
