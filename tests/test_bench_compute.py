@@ -114,6 +114,7 @@ def test_recommendation_is_the_fastest_variant_that_holds_quality():
     rows = [cpu_compute.Measured("unet 512px default", 10.0, 10.0, 1, "fp32", 2, math.inf, ""),
             cpu_compute.Measured("unet 512px lossy", 2.0, 10.0, 1, "bf16", 2, 12.0, ""),
             cpu_compute.Measured("unet 512px bf16", 5.0, 10.0, 1, "bf16", 1, 45.0, ""),
+            cpu_compute.Measured("unet 512px bf16 + prepacked convs", 4.0, 10.0, 1, "bf16", 1, 45.0, ""),
             cpu_compute.Measured("unet 256px bf16 faster", 1.0, 3.0, 1, "bf16", 1, 45.0, "")]  # fmt: skip
     figure = cpu_compute.recommend(rows, 512)
     assert figure.value == pytest.approx(0.5) and figure.detail.startswith("unet 512px bf16:")
