@@ -18,7 +18,11 @@ Concepts absent from the base model's training set:
     <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after shows what
     the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
-    share of striped-prompt images read as striped, at LoRA weight 1 and 0; and with the DreamBooth LoRA stacked.
+    share of striped-prompt images read as striped, at LoRA weight 1 and 0.
+  * A second LoRA, the star shape from 300 captioned star images ("a red star on a blue background"; the word "star"
+    is in the tokenizer but in no base caption). Concept rate = share of star-prompt images read as stars. Two LoRAs:
+    the striped and star LoRAs loaded together, prompted "a red striped star on a blue background" (a pairing neither
+    saw), each scored by its own rate.
   * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape"), from 20 captioned triangles;
     compared with the base model prompted with the word "triangle" itself (what an embedding can at best recover).
 
@@ -60,6 +64,10 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
         "learning_rate": 1e-3, "trigger_word": "striped",
     }),
+    "lora_star": ("lora", {
+        "max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
+        "learning_rate": 1e-3, "trigger_word": "star",
+    }),
     "textual_inversion": ("textual-inversion", {
         "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
     }),
@@ -68,11 +76,13 @@ COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0,
 
 
 def make_data(root: Path) -> dict[str, Path]:
-    """Star instances (5, no colour or background twice), striped images with captions (300), triangles captioned with
-    the new token (20), renders of the base world with their captions (200: DreamBooth's regularisation images)."""
+    """Star instances (5, no colour or background twice), striped images with captions (300), captioned stars (300),
+    triangles captioned with the new token (20), renders of the base world with their captions (200: DreamBooth's
+    regularisation images)."""
     from sdkit.data.shapes import write_dataset
 
-    paths = {"star": root / "star", "striped": root / "striped", "zig": root / "zig", "world": root / "world"}
+    paths = {"star": root / "star", "striped": root / "striped", "stars": root / "stars", "zig": root / "zig",
+             "world": root / "world"}  # fmt: skip
     if not paths["star"].exists():
         pool = write_dataset(root / "star-pool", 200, seed=101, shapes=["star"], split="all")
         rows, chosen = [json.loads(line) for line in (pool / "metadata.jsonl").read_text().splitlines()], []
@@ -89,6 +99,8 @@ def make_data(root: Path) -> dict[str, Path]:
         write_dataset(paths["world"], 200, seed=201)
     if not paths["striped"].exists():
         write_dataset(paths["striped"], 300, seed=102, pattern="striped")
+    if not paths["stars"].exists():
+        write_dataset(paths["stars"], 300, seed=104, shapes=["star"], split="all")
     if not paths["zig"].exists():
         write_dataset(paths["zig"], 20, seed=103, shapes=["triangle"], split="all")
         meta = paths["zig"] / "metadata.jsonl"
@@ -112,9 +124,12 @@ def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) 
         recipe["instance_data_dir"] = str(data["star"])  # imagefolder: CONCEPT is filled from each image's metadata
         recipe["class_data_dir"] = str(data["world"])
         recipe["validation_prompts"] = [CONCEPT.format(color="red", background="blue"), "a green circle on a white background"]
-    elif command == "lora":
+    elif name == "lora_striped":
         recipe["data_dir"] = str(data["striped"])
         recipe["validation_prompts"] = ["a red striped circle on a blue background"]
+    elif name == "lora_star":
+        recipe["data_dir"] = str(data["stars"])
+        recipe["validation_prompts"] = ["a red star on a blue background"]
     else:
         recipe["data_dir"] = str(data["zig"])
         recipe["validation_prompts"] = [f"a red {TI_TOKEN} on a blue background"]
@@ -201,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     data = make_data(out / "data")
     trained = {name: train(name, model, data, out, args.quick) for name in RECIPES}
-    lora = {name: out / name / "pytorch_lora_weights.safetensors" for name in ("dreambooth_lora", "lora_striped")}
+    lora = {name: out / name / "pytorch_lora_weights.safetensors" for name in ("dreambooth_lora", "lora_striped", "lora_star")}
     star = {"template": CONCEPT, "expect_shape": "star", "shapes": ["star"], "heldout": False}
     striped = {"pattern": "striped", "heldout": False}
     results: dict[str, Any] = {"model": model, "n": n, "steps": args.steps, "cfg": 5.0, "training": trained, "eval": {}}
@@ -219,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     score("dreambooth_lora/world", db_lora)
     score("lora_striped@0/striped", model, **striped)
     score("lora_striped@1/striped", merged(model, out / "merged/striped", [(lora["lora_striped"], 1.0)]), **striped)
-    both = merged(model, out / "merged/both", [(lora["dreambooth_lora"], 1.0), (lora["lora_striped"], 1.0)])
-    score("both_loras/striped_sks_star", both, template="a {color} striped sks on a {background} background",
-          expect_shape="star", shapes=["star"], pattern="striped", heldout=False)  # fmt: skip
+    word_star = {"template": "a {color} star on a {background} background", "expect_shape": "star", "shapes": ["star"],
+                 "heldout": False}  # fmt: skip
+    score("lora_star@0/star", model, **word_star)
+    score("lora_star@1/star", merged(model, out / "merged/star", [(lora["lora_star"], 1.0)]), **word_star)
+    both = merged(model, out / "merged/striped_star", [(lora["lora_striped"], 1.0), (lora["lora_star"], 1.0)])
+    score("both_loras/striped_star", both, **{**word_star, "template": "a {color} striped star on a {background} background"},
+          pattern="striped")  # fmt: skip
     zig = {"template": f"a {{color}} {TI_TOKEN} on a {{background}} background", "expect_shape": "triangle",
            "shapes": ["triangle"], "heldout": False}  # fmt: skip
     score("base/zig_triangle", model, **zig)
@@ -245,7 +264,8 @@ def summary(results: dict[str, Any]) -> str:
         f"world adherence {pct(ev['dreambooth_full/world']['all'])} vs base {pct(ev['base/world']['all'])}",
         f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}",
         f"LoRA striped     weight 1: {pct(ev['lora_striped@1/striped']['pattern'])}, weight 0: {pct(ev['lora_striped@0/striped']['pattern'])}",
-        f"Both LoRAs       star {pct(ev['both_loras/striped_sks_star']['shape'])}, striped {pct(ev['both_loras/striped_sks_star']['pattern'])}",
+        f"LoRA star        weight 1: {pct(ev['lora_star@1/star']['shape'])}, weight 0: {pct(ev['lora_star@0/star']['shape'])}",
+        f"Both LoRAs       striped + star: star {pct(ev['both_loras/striped_star']['shape'])}, striped {pct(ev['both_loras/striped_star']['pattern'])}",
         f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])}; "
         f"base with the word 'triangle' {pct(ev['base/word_triangle']['shape'])})",
     ]
