@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import Figure, write_results
-from bench.cpu_limits import breakdown
+from bench.cpu_limits import breakdown, flops_by_class
 from bench.prepack import prepack_convolutions, unpack_convolutions
 from bench.sd_configs import build_taesd, build_unet, build_vae, cast
 
@@ -96,14 +96,10 @@ def unet_inputs(size: int, batch: int = 2, device: str = "cpu") -> tuple[torch.T
 
 
 def unet_flops(size: int, batch: int = 2) -> int:
-    """FLOPs of one SD 1.5 UNet forward at `size` px and `batch`, counted on the meta device (no compute). Attention
-    runs through the classic bmm processor there, which FlopCounterMode counts (its CPU SDPA kernel is not)."""
-    from diffusers.models.attention_processor import AttnProcessor
-
+    """FLOPs of one SD 1.5 UNet forward at `size` px and `batch`, counted on the meta device (no compute): the sum of
+    bench.cpu_limits.flops_by_class."""
     unet = build_unet("sd15", device="meta")
-    unet.set_attn_processor(AttnProcessor())
-    latents, t, text = unet_inputs(size, batch, device="meta")
-    return count_flops(lambda: unet(latents, t, encoder_hidden_states=text))
+    return sum(flops_by_class(unet, unet_inputs(size, batch, device="meta")).values())
 
 
 def decoder_flops(vae, size: int) -> int:
