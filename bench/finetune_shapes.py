@@ -72,6 +72,9 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
     }),
 }  # fmt: skip
+# The striped LoRA's weight beside the star LoRA: at 1 / 1 the star LoRA overrides the stripes (star 91.5 %, striped
+# 37.5 %); 1.3 / 1 was chosen from 1 / 0.6, 1 / 0.8, 1 / 1 and 1.3 / 1 on eval seed 1234, and is checked on seed 4321.
+STRIPED_WITH_STAR = 1.3
 COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0, "device": "cpu", "validation_images": 4}
 
 
@@ -238,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                  "heldout": False}  # fmt: skip
     score("lora_star@0/star", model, **word_star)
     score("lora_star@1/star", merged(model, out / "merged/star", [(lora["lora_star"], 1.0)]), **word_star)
-    both = merged(model, out / "merged/striped_star", [(lora["lora_striped"], 1.0), (lora["lora_star"], 1.0)])
-    score("both_loras/striped_star", both, **{**word_star, "template": "a {color} striped star on a {background} background"},
-          pattern="striped")  # fmt: skip
+    both = merged(model, out / "merged/striped_star", [(lora["lora_striped"], STRIPED_WITH_STAR), (lora["lora_star"], 1.0)])
+    both_fields = {**word_star, "template": "a {color} striped star on a {background} background", "pattern": "striped"}
+    score("both_loras/striped_star", both, **both_fields)
+    score("both_loras/striped_star_seed2", both, **both_fields, seed=4321)  # prompts and noise the weight was not chosen on
     zig = {"template": f"a {{color}} {TI_TOKEN} on a {{background}} background", "expect_shape": "triangle",
            "shapes": ["triangle"], "heldout": False}  # fmt: skip
     score("base/zig_triangle", model, **zig)
@@ -265,7 +269,9 @@ def summary(results: dict[str, Any]) -> str:
         f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}",
         f"LoRA striped     weight 1: {pct(ev['lora_striped@1/striped']['pattern'])}, weight 0: {pct(ev['lora_striped@0/striped']['pattern'])}",
         f"LoRA star        weight 1: {pct(ev['lora_star@1/star']['shape'])}, weight 0: {pct(ev['lora_star@0/star']['shape'])}",
-        f"Both LoRAs       striped + star: star {pct(ev['both_loras/striped_star']['shape'])}, striped {pct(ev['both_loras/striped_star']['pattern'])}",
+        f"Both LoRAs       striped {STRIPED_WITH_STAR} + star 1: star {pct(ev['both_loras/striped_star']['shape'])}, striped "
+        f"{pct(ev['both_loras/striped_star']['pattern'])} (other seed: {pct(ev['both_loras/striped_star_seed2']['shape'])}, "
+        f"{pct(ev['both_loras/striped_star_seed2']['pattern'])})",
         f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])}; "
         f"base with the word 'triangle' {pct(ev['base/word_triangle']['shape'])})",
     ]
