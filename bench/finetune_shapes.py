@@ -47,6 +47,9 @@ CONCEPT = "a {color} sks on a {background} background"  # "sks" takes the shape 
 TI_TOKEN = "<zig>"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attention and the resnets' convolutions
 
+# The two LoRAs' shared recipe (the striped style and the star shape differ only in data and trigger word).
+LORA = {"max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
+        "learning_rate": 1e-3}  # fmt: skip
 # Training recipes (YAML fields of the task's schema); --quick divides max_steps by 20.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "dreambooth_full": ("dreambooth", {
@@ -60,14 +63,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "lora": True, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True, "learning_rate": 1e-3,
         "trigger_word": "sks",
     }),
-    "lora_striped": ("lora", {
-        "max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
-        "learning_rate": 1e-3, "trigger_word": "striped",
-    }),
-    "lora_star": ("lora", {
-        "max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
-        "learning_rate": 1e-3, "trigger_word": "star",
-    }),
+    "lora_striped": ("lora", {**LORA, "trigger_word": "striped"}),
+    "lora_star": ("lora", {**LORA, "trigger_word": "star"}),
     "textual_inversion": ("textual-inversion", {
         "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
     }),
