@@ -114,3 +114,20 @@ def test_captioned_class_images_are_used_as_they_are(tiny_sd_dir: Path, instance
     )  # fmt: skip
     result = run(recipe)
     assert result.info["class_images"] == 2 and snapshot(regular) == before  # nothing generated or changed
+
+
+def test_caption_dropout_trains_on_the_empty_caption(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:
+    """With caption_dropout 1 every image trains on the empty caption, so the prompt no longer changes the result."""
+
+    def trained(prompt: str, dropout: float, name: str) -> dict:
+        recipe = TrainDreamBoothRecipe(
+            model=str(tiny_sd_dir), instance_data_dir=instances, instance_prompt=prompt, output_dir=tmp_path / name,
+            caption_dropout=dropout, max_steps=2, learning_rate=0.01, threads=1, checkpointing_steps=None,
+        )  # fmt: skip
+        run(recipe)
+        return unet_weights(tmp_path / name / "model")
+
+    a, b = trained("a sks shape", 1.0, "a"), trained("a red square", 1.0, "b")
+    assert all((a[k] == b[k]).all() for k in a)
+    c, d = trained("a sks shape", 0.0, "c"), trained("a red square", 0.0, "d")
+    assert any(not (c[k] == d[k]).all() for k in c)

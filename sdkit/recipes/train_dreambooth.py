@@ -104,7 +104,8 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
 
         # 5. train
         loss_fn = ft.denoising_loss(recipe, pipe, ft.noise_scheduler_of(pipe), resolution, device,
-                                    prior_loss_weight=recipe.prior_loss_weight)  # fmt: skip
+                                    empty_ids=data.tokenize(pipe.tokenizer, [""])[0],
+                                    caption_dropout=recipe.caption_dropout, prior_loss_weight=recipe.prior_loss_weight)  # fmt: skip
         task = TrainTask(
             modules=trainable, dataset=dataset, loss_fn=loss_fn, collate_fn=dataset.collate,
             validate=ft.validator(recipe, pipe, accelerator),

@@ -14,14 +14,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.base import Schema, cli
-from sdkit.schema.train import TrainCommon
+from sdkit.schema.train import TimestepBias, TrainCommon
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TI_TEMPLATES = ["a photo of {token}", "a picture of {token}", "an image of {token}", "a rendering of {token}"]
 
 
-class FinetuneCommon(TrainCommon):
+class FinetuneCommon(TimestepBias, TrainCommon):
     """The model to start from and the denoising-loss settings every fine-tuning task shares."""
 
     model: str = Field(
@@ -39,7 +39,6 @@ class FinetuneCommon(TrainCommon):
     )
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE.")
     noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
-
     @model_validator(mode="after")
     def _check_images(self) -> FinetuneCommon:
         if self.resolution is not None and self.resolution % 8:
@@ -128,6 +127,10 @@ class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
     )
     num_class_images: int = Field(100, ge=1, description="Class images to train with (generated when the folder has fewer).")
     prior_loss_weight: float = Field(1.0, ge=0, description="Weight of the class images' loss beside the instance loss.")
+    caption_dropout: float = Field(
+        0.0, ge=0, le=1, description="Probability of training an image (instance or class) on the empty caption, so a "
+        "full fine-tune keeps classifier-free guidance's unconditional prediction in step with the conditional one.",
+    )
     class_inference_steps: int = Field(20, ge=1, le=1000, description="Denoising steps when generating class images.")
     class_guidance_scale: float = Field(5.0, ge=0, description="CFG scale when generating class images.")
     class_batch_size: int = Field(4, ge=1, description="Class images generated per forward pass.")

@@ -84,7 +84,23 @@ class TrainCommon(Schema):
     )
 
 
-class TrainTextToImageRecipe(TrainCommon):
+class TimestepBias(Schema):
+    """Biased timestep sampling of the denoising loss (diffusers' timestep_bias_strategy)."""
+
+    timestep_bias: Literal["none", "earlier", "later"] = Field(
+        "none",
+        description="Sample some timesteps more often (diffusers' timestep_bias_strategy): earlier = the low-noise end, "
+        "where fine detail such as texture is drawn; later = the high-noise end, where layout is decided.",
+    )
+    timestep_bias_multiplier: float = Field(
+        2.0, gt=0, description="How much more often the biased timesteps are sampled (1: uniform)."
+    )
+    timestep_bias_portion: float = Field(
+        0.25, gt=0, le=1, description="Share of the timesteps the bias covers (from the chosen end)."
+    )
+
+
+class TrainTextToImageRecipe(TimestepBias, TrainCommon):
     """`sdkit train text-to-image`: fine-tune a pipeline, or train one from a named preset (VAE stage, then UNet stage)."""
 
     task: Literal["train-text-to-image"] = Field("train-text-to-image", description="Task name in YAML job lists.")

@@ -6,7 +6,8 @@ from __future__ import annotations
 def denoising_loss(recipe, frozen, noise_scheduler, resolution: int, device, *, empty_ids=None, caption_dropout: float = 0.0,
                    prior_loss_weight: float = 1.0):  # fmt: skip
     """loss_fn(batch, models, generator) for the core, as diffusers' training examples compute it: noise from the
-    step's generator, random timesteps, caption dropout, epsilon or v-prediction target, min-SNR weighting.
+    step's generator, random timesteps (uniform, or biased: `timestep_weights`), caption dropout, epsilon or
+    v-prediction target, min-SNR weighting.
 
     `models` holds what trains ("unet" and/or "text_encoder"); `frozen` (a pipeline, or anything with .vae,
     .text_encoder and .unet) stands in for the rest. A batch's `prior` mask marks class images (DreamBooth):
@@ -22,6 +23,8 @@ def denoising_loss(recipe, frozen, noise_scheduler, resolution: int, device, *, 
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
     prediction_type = noise_scheduler.config.prediction_type
     steps = noise_scheduler.config.num_train_timesteps
+    t_weights = None if recipe.timestep_bias == "none" else timestep_weights(
+        steps, recipe.timestep_bias, recipe.timestep_bias_multiplier, recipe.timestep_bias_portion)  # fmt: skip
 
     def loss_fn(batch, models, generator):
         with torch.no_grad():
@@ -35,7 +38,10 @@ def denoising_loss(recipe, frozen, noise_scheduler, resolution: int, device, *, 
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         if recipe.noise_offset:
             noise += recipe.noise_offset * randn_tensor((bsz, latents.shape[1], 1, 1), generator=generator, device=device)
-        timesteps = torch.randint(0, steps, (bsz,), generator=generator).to(device)
+        if t_weights is None:
+            timesteps = torch.randint(0, steps, (bsz,), generator=generator).to(device)
+        else:
+            timesteps = torch.multinomial(t_weights, bsz, replacement=True, generator=generator).to(device)
         input_ids = batch["input_ids"].clone()
         if caption_dropout:
             drop = (torch.rand(bsz, generator=generator) < caption_dropout).to(input_ids.device)
@@ -60,3 +66,20 @@ def denoising_loss(recipe, frozen, noise_scheduler, resolution: int, device, *, 
         return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean()
 
     return loss_fn
+
+
+def timestep_weights(steps: int, bias: str, multiplier: float, portion: float):
+    """Relative sampling weight of each training timestep, as diffusers' train_text_to_image_sdxl example builds them
+    (generate_timestep_weights): the first ("earlier": low noise) or last ("later": high noise) `portion` of the
+    timesteps weigh `multiplier`, the rest 1."""
+    import torch
+
+    weights = torch.ones(steps)
+    biased = max(1, int(steps * portion))
+    if bias == "earlier":
+        weights[:biased] *= multiplier
+    elif bias == "later":
+        weights[-biased:] *= multiplier
+    else:
+        raise ValueError(f"unknown timestep bias {bias!r}")
+    return weights
