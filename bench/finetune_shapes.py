@@ -15,8 +15,8 @@ Concepts absent from the base model's training set:
     captions). On v3, 50 images the base model generated itself kept less of the world (39 % adherence after training,
     against 50 % with renders). Both DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it
     the world fell to 58 % instead of 65 % on v3), the full fine-tune an EMA of its weights and 10 % caption dropout
-    (the unconditional branch classifier-free guidance needs drifts otherwise: world 61 % instead of 78 % on v5, the
-    base 92 %, on 100 prompts of every colour x shape pair). Concept rate = share of "a
+    (the unconditional branch classifier-free guidance needs drifts otherwise: world adherence 64 % instead of 82.5 %
+    on v5, the base 94 %). Concept rate = share of "a
     <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after shows what
     the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
