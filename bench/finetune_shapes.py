@@ -19,7 +19,9 @@ Concepts absent from the base model's training set:
     on v5, the base 94 %). Concept rate = share of "a
     <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after shows what
     the prior kept.
-  * LoRA: striped fill from striped images captioned "a red striped circle on a blue background". Style rate =
+  * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
+    dropout (without it the LoRA also changes the unconditional prediction guidance subtracts: 78 % striped instead of
+    83 %; in trials 10 % gave 81.5 %, a cosine schedule or timestep bias 71.5-77 %). Style rate =
     share of striped-prompt images read as striped, at LoRA weight 1 and 0.
   * A second LoRA, the star shape from 300 captioned star images ("a red star on a blue background"; the word "star"
     is in the tokenizer but in no base caption). Concept rate = share of star-prompt images read as stars. Two LoRAs:
@@ -51,7 +53,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attenti
 
 # The two LoRAs' shared recipe (the striped style and the star shape differ only in data and trigger word).
 LORA = {"max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
-        "learning_rate": 1e-3}  # fmt: skip
+        "learning_rate": 1e-3, "caption_dropout": 0.2}  # fmt: skip
 # Training recipes (YAML fields of the task's schema); --quick divides max_steps by 20.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "dreambooth_full": ("dreambooth", {
@@ -71,9 +73,11 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
     }),
 }  # fmt: skip
-# The striped LoRA's weight beside the star LoRA: at 1 / 1 the star LoRA overrides the stripes (star 91.5 %, striped
-# 37.5 %); 1.3 / 1 was chosen from 1 / 0.6, 1 / 0.8, 1 / 1 and 1.3 / 1 on eval seed 1234, and is checked on seed 4321.
-STRIPED_WITH_STAR = 1.3
+# The striped LoRA's weight beside the star LoRA. Trained without caption dropout, the star LoRA overrode the stripes
+# at 1 / 1 (star 91.5 %, striped 37.5 %) and the striped one needed 1.3; with 20 % caption dropout both LoRAs keep
+# their concept at the plain 1 / 1 (eval seed 1234: star 67.5 %, striped 65.5 %; 1 / 1.2 gave 82 % / 61 %, 1.3 / 1
+# 54.5 % / 88 %). The bench also scores seed 4321.
+STRIPED_WITH_STAR = 1.0
 COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0, "device": "cpu", "validation_images": 4}
 
 

@@ -94,7 +94,10 @@ class TrainLoraRecipe(LoraFields, FinetuneCommon):
     )
     caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
-    caption_dropout: float = Field(0.0, ge=0, le=1, description="Probability of training on the empty caption.")
+    caption_dropout: float = Field(
+        0.0, ge=0, le=1, description="Probability of training on the empty caption, so the adapter also learns the "
+        "unconditional prediction that classifier-free guidance subtracts.",
+    )
     train_text_encoder: bool = Field(False, description="Also train a LoRA on the text encoder.")
 
 
