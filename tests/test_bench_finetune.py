@@ -1,4 +1,5 @@
-"""bench/finetune_shapes.py's caches: a merged model is rebuilt when its LoRA file or weight changes."""
+"""bench/finetune_shapes.py's caches: a trained run is redone when its recipe changes, a merged model when its LoRA
+file or weight changes."""
 
 from __future__ import annotations
 

@@ -39,6 +39,7 @@ class FinetuneCommon(TimestepBias, TrainCommon):
     )
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE.")
     noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
+
     @model_validator(mode="after")
     def _check_images(self) -> FinetuneCommon:
         if self.resolution is not None and self.resolution % 8:
