@@ -16,9 +16,8 @@ Concepts absent from the base model's training set:
     against 50 % with renders). Both DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it
     the world fell to 58 % instead of 65 % on v3), the full fine-tune an EMA of its weights and 10 % caption dropout
     (the unconditional branch classifier-free guidance needs drifts otherwise: world adherence 64 % instead of 82.5 %
-    on v5, the base 94 %). Concept rate = share of "a
-    <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after shows what
-    the prior kept.
+    on v5, the base 94 %). Concept rate = share of "a <colour> sks on a <background> background" images the scorer
+    reads as stars; world adherence before/after shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
     dropout (without it the LoRA also changes the unconditional prediction guidance subtracts: 78 % striped instead of
     83 %; in trials 10 % gave 81.5 %, a cosine schedule or timestep bias 71.5-77 %). Style rate =
@@ -149,7 +148,7 @@ def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) 
     recipe_file.write_text(text)
     log = open(out / f"{name}.log", "w")  # noqa: SIM115 - closed below
     started = time.monotonic()
-    proc = subprocess.Popen([*SDKIT, "train", command, "--recipe", str(out / f"{name}.yaml")], stdout=log, stderr=log)
+    proc = subprocess.Popen([*SDKIT, "train", command, "--recipe", str(recipe_file)], stdout=log, stderr=log)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - started
     log.close()
