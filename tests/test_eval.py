@@ -30,7 +30,7 @@ def test_eval_json_report_and_lora(tmp_path: Path, tiny_sd_dir: Path) -> None:
 def test_eval_errors(tmp_path: Path, tiny_sd_dir: Path) -> None:
     assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--cfg", "-1"), "cfg must be >= 0")
     assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--lora", tmp_path / "none.safetensors"), "no such file")
-    assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--shapes", "hexagon"), "hexagon")
+    assert_user_error(invoke("eval", "shapes", "-m", tiny_sd_dir, "--shapes", "octagon"), "octagon")
     assert_user_error(invoke("eval", "shapes", "-m", tmp_path / "nope"), "not found")
 
 

@@ -15,8 +15,10 @@ from sdkit.data.shapes import (
     BASE_SHAPES,
     COLOR_NAMES,
     HELD_OUT,
+    MORE_SHAPES,
     SHAPES,
     Sample,
+    caption,
     read_metadata,
     render,
     render_mask,
@@ -86,6 +88,38 @@ def test_caption_noise_names_wrong_attributes_at_its_rate_and_keeps_the_truth(tm
         assert 0.22 < count / 400 < 0.38, (key, count)
 
 
+def test_generic_noun_replaces_the_shape_name_at_its_rate_and_keeps_the_truth(tmp_path: Path) -> None:
+    clean = read_metadata(write_dataset(tmp_path / "clean", 400, seed=5, shapes=[*BASE_SHAPES, *MORE_SHAPES]))
+    generic = read_metadata(write_dataset(tmp_path / "noun", 400, seed=5, shapes=[*BASE_SHAPES, *MORE_SHAPES], generic_noun=0.25))
+    said = 0
+    for c, g in zip(clean, generic, strict=True):
+        assert g["true_text"] == c["text"] and g["shape"] == c["shape"]
+        if g["text"] != c["text"]:
+            assert g["text"] == caption("shape", str(c["color"]), str(c["background"]))
+            said += 1
+    assert 0.17 < said / 400 < 0.33, said  # 25 %; binomial sd 2.2 % at n=400
+    # caption noise and the generic noun combine; without the noun, noisy captions are what they were
+    both = read_metadata(write_dataset(tmp_path / "both", 400, seed=5, caption_noise=0.3, generic_noun=0.25))
+    noisy = read_metadata(write_dataset(tmp_path / "noisy", 400, seed=5, caption_noise=0.3))
+    assert [r["text"] for r in noisy] == [r["text"] for r in read_metadata(write_dataset(tmp_path / "n2", 400, seed=5, caption_noise=0.3, generic_noun=0.0))]
+    for n, b in zip(noisy, both, strict=True):
+        words_n, words_b = str(n["text"]).split(), str(b["text"]).split()
+        assert words_b[2] in (words_n[2], "shape") and words_b[:2] + words_b[3:] == words_n[:2] + words_n[3:]
+
+
+def test_more_shapes_render_as_distinct_outlines() -> None:
+    """Each shape's mask differs from every other's at the same place and size (no two outlines coincide)."""
+    masks = {shape: np.asarray(render_mask(Sample(shape, "red", "blue", 32, 32, 40))) > 0 for shape in SHAPES}
+    for a in SHAPES:
+        for b in SHAPES:
+            if a < b:
+                iou = (masks[a] & masks[b]).sum() / (masks[a] | masks[b]).sum()
+                assert iou < 0.9, (a, b, iou)
+    assert masks["cross"][32, 14:50].all() and not masks["cross"][15, 15:20].any()  # an arm spans the box, corners empty
+    assert masks["crescent"][32, 14:28].all() and not masks["crescent"][32, 36:44].any()  # the bite is on the right
+    assert masks["heart"][45, 30:34].all() and masks["heart"][17, 20:24].all() and not masks["heart"][17, 30:34].any()
+
+
 def test_captions_are_regular() -> None:
     assert Sample("circle", "red", "blue", 32, 32, 30).text == "a red circle on a blue background"
     assert (
@@ -93,7 +127,7 @@ def test_captions_are_regular() -> None:
     )
     words = vocabulary_words()
     assert words == sorted(words)
-    assert {"sks", "star", "striped", "an", *COLOR_NAMES, *SHAPES} <= set(words)
+    assert {"sks", "shape", "star", "striped", "an", *COLOR_NAMES, *SHAPES} <= set(words)
 
 
 def test_held_out_combinations_are_absent_from_train_and_only_in_heldout() -> None:
@@ -178,8 +212,8 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_bad_names_raise_one_line_user_errors() -> None:
-    with pytest.raises(UserError, match="unknown shape 'hexagon': choose from circle, square"):
-        sample_world(np.random.default_rng(0), 1, shapes=["hexagon"])
+    with pytest.raises(UserError, match="unknown shape 'octagon': choose from circle, square"):
+        sample_world(np.random.default_rng(0), 1, shapes=["octagon"])
     with pytest.raises(UserError, match="both red"):
         Sample("circle", "red", "red", 32, 32, 20)
     with pytest.raises(UserError, match="leaves the 64 px canvas"):
@@ -194,6 +228,9 @@ def test_schema_defaults_and_run(tmp_path: Path) -> None:
     out = shapes.run(recipe)
     rows = read_metadata(out)
     assert len(rows) == 4 and {r["color"] for r in rows} <= {"red", "blue"}
+    assert recipe.generic_noun == 0.0 and all("true_text" not in r for r in rows)
+    rows = read_metadata(shapes.run(ShapesDataRecipe(out=tmp_path / "noun", n=4, shapes=["heart"], generic_noun=1.0)))
+    assert {r["shape"] for r in rows} == {"heart"} and all(str(r["text"]).split()[2] == "shape" for r in rows)
     assert all(field.description for field in ShapesDataRecipe.model_fields.values())
 
 
@@ -201,8 +238,8 @@ def test_schema_defaults_and_run(tmp_path: Path) -> None:
     ("kwargs", "message"),
     [
         (
-            {"shapes": ["circle", "hexagon"]},
-            "unknown shape 'hexagon': choose from circle, square, triangle, diamond, star",
+            {"shapes": ["circle", "octagon"]},
+            "unknown shape 'octagon': choose from circle, square, triangle, diamond, pentagon, hexagon, cross, heart, crescent, arrow, star",
         ),
         ({"colors": ["teal"]}, "unknown colour 'teal': choose from red, orange"),
         ({"backgrounds": ["red"], "colors": ["red"]}, "no background differs from red"),

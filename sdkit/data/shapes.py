@@ -4,10 +4,13 @@ It gives sdkit a dataset it can generate offline, train a tiny model on, and sco
 (`sdkit.eval.scorer` reads the images back without knowing how they were made).
 
 World
-  * shapes: `BASE_SHAPES` (circle, square, triangle, diamond) form the training set; `NEW_SHAPES` (star) render but are
-    left out of it, to be taught later as a new concept. Every shape fills a `size` x `size` box centred on (x, y):
-    circle = diameter, square = side, triangle = base and height (apex up), diamond = both diagonals, star = a 5-point
-    star whose outer points lie on the circle of diameter `size` (inner radius `STAR_INNER_RATIO` of the outer).
+  * shapes: `BASE_SHAPES` (circle, square, triangle, diamond) form the shipped model's training set; `MORE_SHAPES`
+    (pentagon, hexagon, cross, heart, crescent, arrow) widen the world for a broader base; `NEW_SHAPES` (star) render
+    but stay out of every base set, to be taught later as a new concept. Every shape fills a `size` x `size` box
+    centred on (x, y): circle = diameter, square = side, triangle = base and height (apex up), diamond = both
+    diagonals; pentagon (apex up), hexagon (flat top) and star = vertices on the circle of diameter `size` (the star's
+    inner radius `STAR_INNER_RATIO` of the outer); cross = arms a third of `size` wide; heart = the classic parametric
+    curve (point down), as wide as `size`; crescent = the disc with a bite, facing right; arrow = pointing right.
   * colours: `COLORS` (name -> sRGB), chosen at least ~45 CIELAB dE76 apart. The background is drawn from the same list
     and always differs from the object colour.
   * patterns: "solid" (the base set) or "striped" (new concept): diagonal stripes, period `size_px / 8`, of the object
@@ -16,7 +19,8 @@ World
     apart.
   * `HELD_OUT` colour x shape combinations never appear in the "train" split (each colour and shape still does), so
     generating them measures composition.
-  * captions: "a red circle on a blue background" / "an orange striped star on a white background" (`caption()`);
+  * captions: "a red circle on a blue background" / "an orange striped star on a white background" (`caption()`),
+    optionally "a red shape on a blue background" (`generic_noun`: a class noun for DreamBooth's class prompts);
     `vocabulary_words()` lists every word a tokenizer needs (plus "sks" and "shape" for the concept-learning recipes).
 
 Run: `sdkit data shapes -o DIR --n 1000 --seed 0` (or `run(ShapesDataRecipe(...))`, or `write_dataset(...)`).
@@ -43,7 +47,9 @@ from sdkit.data.world import (  # noqa: F401 - re-exported: the world's vocabula
     COLOR_NAMES,
     COLORS,
     CONCEPT_TOKEN,
+    GENERIC_NOUN,
     HELD_OUT,
+    MORE_SHAPES,
     NEW_SHAPES,
     PATTERNS,
     SHAPES,
@@ -57,6 +63,8 @@ if TYPE_CHECKING:
     from sdkit.schema.data import ShapesDataRecipe
 
 STAR_INNER_RATIO = 0.45
+CRESCENT_SHIFT = 0.8  # the bite's disc is centred this many radii right of the crescent's
+HEART_POINTS = 64
 STRIPE_ON_FRACTION = 5 / 8
 SIZE_RANGE = (0.35, 0.65)  # object size as a fraction of the image side
 _SUPERSAMPLE = 4
@@ -112,6 +120,10 @@ def _check_names(kind: str, names: Iterable[str], valid: Sequence[str]) -> None:
             raise UserError(f"unknown {kind} {name!r}: choose from {', '.join(valid)}")
 
 
+def _regular(k: int, cx: float, cy: float, r: float, start: float) -> list[tuple[float, float]]:
+    return [(cx + r * math.cos(start + 2 * math.pi * i / k), cy + r * math.sin(start + 2 * math.pi * i / k)) for i in range(k)]
+
+
 def _outline(shape: str, cx: float, cy: float, size: float) -> list[tuple[float, float]]:
     """Polygon vertices of a non-circle shape (image coordinates, y down)."""
     h = size / 2
@@ -121,6 +133,36 @@ def _outline(shape: str, cx: float, cy: float, size: float) -> list[tuple[float,
         return [(cx, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     if shape == "diamond":
         return [(cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)]
+    if shape == "pentagon":
+        return _regular(5, cx, cy, h, -math.pi / 2)
+    if shape == "hexagon":
+        return _regular(6, cx, cy, h, 0.0)
+    if shape == "cross":
+        w = h / 3
+        quarter = [(w, -h), (w, -w), (h, -w)]  # the top arm's right edge and the corner; the rest are its rotations
+        return [(cx + x * c - y * s, cy + x * s + y * c) for c, s in ((1, 0), (0, 1), (-1, 0), (0, -1)) for x, y in quarter]
+    if shape == "heart":
+        pts = []
+        for i in range(HEART_POINTS):
+            t = 2 * math.pi * i / HEART_POINTS
+            x = 16 * math.sin(t) ** 3
+            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)  # -17..11.9
+            pts.append((cx + x / 16 * h, cy - (y + 2.54) / 16 * h))  # x spans the box, y 0.9 of it
+        return pts
+    if shape == "crescent":
+        # The arc of the disc of radius h from 54 deg to 306 deg, closed by the arc of a disc centred
+        # CRESCENT_SHIFT x h to the right that meets it there (the bite).
+        outer = [(cx + h * math.cos(a), cy + h * math.sin(a)) for a in np.linspace(0.3 * math.pi, 1.7 * math.pi, 48)]
+        bx = cx + CRESCENT_SHIFT * h
+        (x0, y0), (x1, y1) = outer[-1], outer[0]
+        a0, a1 = math.atan2(y0 - cy, x0 - bx), math.atan2(y1 - cy, x1 - bx)
+        r = math.hypot(x0 - bx, y0 - cy)
+        bite = [(bx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(a0, a1 - 2 * math.pi * (a1 > a0), 48)[1:-1]]
+        return outer + bite
+    if shape == "arrow":
+        shaft, neck = h / 2.5, cx + 0.1 * h  # half the shaft's width; where the head starts
+        return [(cx - h, cy - shaft), (neck, cy - shaft), (neck, cy - h), (cx + h, cy), (neck, cy + h), (neck, cy + shaft),
+                (cx - h, cy + shaft)]  # fmt: skip
     if shape == "star":
         pts = []
         for k in range(10):
@@ -251,6 +293,7 @@ def write_dataset(
     pattern: str = "solid",
     conditioning: bool = False,
     caption_noise: float = 0.0,
+    generic_noun: float = 0.0,
 ) -> Path:
     """Write `n` scenes as a Hugging Face imagefolder dataset and return its directory.
 
@@ -258,8 +301,9 @@ def write_dataset(
     pattern); with `conditioning`, also `conditioning/NNNNN.png` (Canny edges of the image, column
     `conditioning_image`) and `masks/NNNNN.png` (binary shape mask, column `mask_image`), as diffusers'
     train_controlnet example expects. With `caption_noise` p, each caption names a wrong shape, colour and background
-    with probability p apiece (as web alt-text does; the structured columns and `true_text` keep the truth).
-    Written into a temporary sibling directory, renamed into place when complete.
+    with probability p apiece (as web alt-text does; the structured columns and `true_text` keep the truth). With
+    `generic_noun` p, a caption calls the object "shape" instead of naming it ("a red shape on a blue background"),
+    so the world has a class noun, as "a photo of a dog" is to "a photo of sks dog" in DreamBooth. Written into a temporary sibling directory, renamed into place when complete.
     """
     out = Path(out_dir)
     if n < 1:
@@ -280,8 +324,9 @@ def write_dataset(
         canvas=size,
     )
     texts = None
-    if caption_noise:
-        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes)
+    if caption_noise or generic_noun:
+        generic = np.random.default_rng([seed, 2]).random(n) < generic_noun
+        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes, generic.tolist())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -295,12 +340,15 @@ def write_dataset(
     return out
 
 
-def noisy_captions(rng: np.random.Generator, samples: Sequence[Sample], p: float, shapes: Sequence[str]) -> list[str]:
+def noisy_captions(
+    rng: np.random.Generator, samples: Sequence[Sample], p: float, shapes: Sequence[str], generic: Sequence[bool] | None = None
+) -> list[str]:
     """Each sample's caption with its shape, colour and background each replaced, with probability `p`, by another
-    value; a wrong caption never names a held-out colour x shape pair nor an object the colour of its background."""
+    value; a wrong caption never names a held-out colour x shape pair nor an object the colour of its background.
+    Where `generic[i]`, the caption says `GENERIC_NOUN` in the shape's place."""
     held = set(HELD_OUT)
     texts = []
-    for sample in samples:
+    for i, sample in enumerate(samples):
         flip = rng.random(3) < p
         for _ in range(100):
             shape, color, background = sample.shape, sample.color, sample.background
@@ -314,7 +362,7 @@ def noisy_captions(rng: np.random.Generator, samples: Sequence[Sample], p: float
                 break
         else:
             shape, color, background = sample.shape, sample.color, sample.background
-        texts.append(caption(shape, color, background, sample.pattern))
+        texts.append(caption(GENERIC_NOUN if generic and generic[i] else shape, color, background, sample.pattern))
     return texts
 
 
@@ -364,6 +412,7 @@ def run(recipe: ShapesDataRecipe) -> Path:
         pattern=recipe.pattern,
         conditioning=recipe.conditioning,
         caption_noise=recipe.caption_noise,
+        generic_noun=recipe.generic_noun,
     )
 
 

@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 BASE_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+# Drawable and scorable, but outside the shipped model's training set: a broader base world trains on them too.
+MORE_SHAPES: tuple[str, ...] = ("pentagon", "hexagon", "cross", "heart", "crescent", "arrow")
 NEW_SHAPES: tuple[str, ...] = ("star",)
-SHAPES: tuple[str, ...] = BASE_SHAPES + NEW_SHAPES
+SHAPES: tuple[str, ...] = BASE_SHAPES + MORE_SHAPES + NEW_SHAPES
 PATTERNS: tuple[str, ...] = ("solid", "striped")
 COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
     {
@@ -32,6 +34,7 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
 )
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 CONCEPT_TOKEN = "sks"
+GENERIC_NOUN = "shape"  # the class noun: "a red shape on a blue background"
 
 
 def _article(word: str) -> str:
@@ -39,11 +42,11 @@ def _article(word: str) -> str:
 
 
 def caption(shape: str, color: str, background: str, pattern: str = "solid") -> str:
-    """The caption of a scene, e.g. "an orange striped star on a white background"."""
+    """The caption of a scene, e.g. "an orange striped star on a white background" (`shape` may be `GENERIC_NOUN`)."""
     stripe = "striped " if pattern == "striped" else ""
     return f"{_article(color)} {color} {stripe}{shape} on {_article(background)} {background} background"
 
 
 def vocabulary_words() -> list[str]:
     """Every word a caption can contain (and the concept words "sks", "shape"), sorted."""
-    return sorted({"a", "an", "on", "background", "shape", "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})
+    return sorted({"a", "an", "on", "background", GENERIC_NOUN, "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})

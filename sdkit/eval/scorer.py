@@ -9,9 +9,11 @@ Steps (on the image resized to 64 x 64):
  2. foreground = pixels far (RGB distance) from the background; 8-connected components. Exactly one dominant
     component of sane size is required.
  3. shape: the outer contour of that component, traced on a 4x bilinear upsampling of the distance map (sub-pixel):
-    notches (deep convexity defects: the star has 5, the rest none), the share of area in the upper half of the
-    bounding box (the apex-up triangle 0.25, the rest 0.5), and the fills of the enclosing circle and upright box
-    (circle, square, diamond). Outlines that fit no shape, or sit near a boundary, are "unknown" (`classify_shape`).
+    notches (deep convexity defects: star 5, cross 4, arrow 2, heart and crescent 1, the convex shapes none), the
+    share of area in the upper half of the bounding box (the apex-up triangle 0.25, the heart 0.65, the rest 0.5),
+    the radial harmonics (k-fold symmetry: pentagon 5, hexagon 6) and the fills of the enclosing circle and upright
+    box (circle, square, diamond). Outlines that fit no shape, or sit near a boundary, are "unknown"
+    (`classify_shape`).
  4. pattern: among interior pixels of the object's own hue (RGB direction within 10 degrees of the bright half's
     median; this drops pixels blended with the background), a 2-means split of brightness (HSV value). A dark
     cluster well below the bright one and well populated = striped (the stripe shade halves every channel).
@@ -55,7 +57,8 @@ class Outline:
     circle_fill: float  # area / minimum enclosing circle: 1 circle, 0.64 square and diamond, 0.41 triangle
     box_fill: float  # area / upright bounding box: 1 square, 0.79 circle, 0.5 diamond and triangle
     top_share: float  # share of the area in the upper half of the bounding box: 0.25 triangle, ~0.5 the rest
-    notches: int  # convexity defects deeper than NOTCH_DEPTH x enclosing radius: 5 star, 0 the rest
+    notches: int  # convexity defects deeper than NOTCH_DEPTH x enclosing radius: star 5, cross 4, arrow 2, heart and
+    # crescent 1, the convex shapes 0
     deepest: float  # deepest convexity defect / enclosing radius
     harmonics: tuple[float, ...]  # amplitudes 1..8 of the radius-vs-angle profile / mean radius (star: 5th ~0.23)
 
@@ -195,19 +198,29 @@ def _radial_harmonics(points: np.ndarray, bins: int = 72) -> tuple[float, ...]:
 def classify_shape(o: Outline) -> tuple[str, str]:
     """(shape, reason): shape is "unknown" with a reason when the outline is implausible or near a decision boundary.
 
-    Thresholds sit midway between the ranges measured on rendered shapes, clean and degraded (noise 8/255, Gaussian
-    blur up to 1 px, JPEG 60-75): star 4-6 notches vs 0-1, and a dominant 5th radial harmonic (noise blobs with
-    notches lack it); triangle top share <= 0.34 vs >= 0.46; diamond
-    circle+box fill <= 1.47 vs >= 1.57; circle circle-box fill >= 0.10 vs square <= -0.16.
+    Thresholds sit between the ranges measured on rendered shapes, clean and degraded (noise 8/255, Gaussian blur
+    0.6 px, JPEG 75; at blur 1 px and JPEG 60, small shapes are sometimes refused, rarely misread). Notched outlines: star 4-5 notches with a dominant 5th radial harmonic (>= 0.17; noise
+    blobs with notches lack it), cross 4 notches with a dominant 4th (>= 0.19, the star's <= 0.10), arrow 2 notches,
+    strong 2nd and 5th harmonics (>= 0.17, >= 0.11) and mirror symmetry (top share 0.45-0.55), heart 1-2 notches and top share 0.61-0.69 (the rest <= 0.55), crescent 1 deep
+    notch (>= 0.41 of the radius, the heart's <= 0.34) and a strong 1st harmonic (>= 0.19, the heart's <= 0.10).
+    Convex outlines: triangle top share <= 0.34 vs >= 0.44; pentagon 5th harmonic >= 0.064 vs <= 0.02 for the other
+    convex shapes; hexagon 6th >= 0.031 vs <= 0.019; diamond circle+box fill <= 1.47 vs >= 1.57; circle circle-box
+    fill >= 0.10 vs square <= -0.16.
     """
+    if o.top_share >= 0.56 and 1 <= o.notches <= 2 and o.solidity >= 0.88 and 0.08 <= o.deepest <= 0.45:
+        return "heart", ""
     if o.notches >= 2:
-        if not (4 <= o.notches <= 6 and o.solidity <= 0.92):
-            return "unknown", f"outline has {o.notches} notches (a star has 5)"
-        if o.harmonic(5) < 0.08 or o.dominance(5) < 1.2:
-            return "unknown", f"notched outline without five-fold symmetry (dominance {o.dominance(5):.2f})"
-        return "star", ""
+        if 4 <= o.notches <= 6 and o.solidity <= 0.92 and o.harmonic(5) >= 0.08 and o.dominance(5) >= 1.2:
+            return "star", ""
+        if o.notches == 4 and o.solidity <= 0.92 and o.harmonic(4) >= 0.12 and o.dominance(4) >= 1.5:
+            return "cross", ""
+        if o.notches == 2 and o.solidity <= 0.92 and o.harmonic(2) >= 0.12 and o.harmonic(5) >= 0.08 and abs(o.top_share - 0.5) <= 0.08:
+            return "arrow", ""
+        return "unknown", f"notched outline ({o.notches} notches) that is no star, cross or arrow"
+    if o.notches == 1 and o.deepest >= 0.37 and o.solidity <= 0.88 and o.harmonic(1) >= 0.14:
+        return "crescent", ""
     if o.solidity < 0.85 or o.deepest > 0.2:
-        return "unknown", f"outline is dented but not a star (solidity {o.solidity:.2f})"
+        return "unknown", f"outline is dented but no known shape (solidity {o.solidity:.2f})"
     margin = 0.03
     if abs(o.top_share - 0.40) < margin:
         return "unknown", f"between triangle and not (top share {o.top_share:.2f})"
@@ -219,6 +232,11 @@ def classify_shape(o: Outline) -> tuple[str, str]:
         return "unknown", f"upside-down or lopsided outline (top share {o.top_share:.2f})"
     if o.harmonic(2) > MAX_ELONGATION:
         return "unknown", f"elongated outline (2nd harmonic {o.harmonic(2):.2f})"
+    for k, name, low, high in ((5, "pentagon", 0.035, 0.05), (6, "hexagon", 0.02, 0.025)):
+        if o.dominance(k) >= 1.2 and o.harmonic(k) >= low:
+            if o.harmonic(k) < high:
+                return "unknown", f"between {name} and rounder (harmonic {k} {o.harmonic(k):.3f})"
+            return name, ""
     round_square = o.circle_fill + o.box_fill
     if abs(round_square - 1.52) < margin:
         return "unknown", f"between diamond and circle/square (fill sum {round_square:.2f})"

@@ -34,7 +34,7 @@ class ShapesDataRecipe(Schema):
     seed: int = Field(0, description="Random seed; the same seed writes byte-identical files.")
     size: int = Field(64, ge=32, le=512, multiple_of=8, description="Image side in pixels (multiple of 8, 32..512).")
     shapes: list[str] | None = Field(
-        None, description=f"Shapes to draw, from {', '.join(SHAPES)}. Default: the base set (all but star)."
+        None, description=f"Shapes to draw, from {', '.join(SHAPES)}. Default: the base set (circle, square, triangle, diamond)."
     )
     colors: list[str] | None = Field(None, description=f"Object colours, from {', '.join(COLOR_NAMES)}. Default: all.")
     backgrounds: list[str] | None = Field(
@@ -57,6 +57,13 @@ class ShapesDataRecipe(Schema):
         le=0.9,
         description="Probability that a caption names a wrong shape, colour and background (each independently), as "
         "noisy web captions do; the true caption stays in the true_text column.",
+    )
+    generic_noun: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description='Probability that a caption calls the object "shape" instead of naming it ("a red shape on a blue '
+        'background"): a class noun for DreamBooth class prompts. The true caption stays in the true_text column.',
     )
 
     @field_validator("shapes")
