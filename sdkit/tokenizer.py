@@ -26,7 +26,7 @@ import re
 import string
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdkit.errors import UserError
 
@@ -190,6 +190,21 @@ def load_tokenizer(tokenizer_dir: Path) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
     check_vocab_size(tokenizer, tokenizer_dir)
     return tokenizer
+
+
+def add_words(tokenizer: CLIPTokenizer, text_encoder: Any, words: Iterable[str]) -> list[int]:
+    """Add `words` to a loaded tokenizer as one token each and grow the text encoder's embedding table to match (the
+    new rows drawn around the old rows' mean: transformers' mean resizing). Returns the new token ids."""
+    words = list(words)
+    known = [w for w in words if len(tokenizer.encode(w, add_special_tokens=False)) == 1]
+    if known:
+        raise UserError(f"add_words: {known[0]!r} is already one token of this tokenizer: leave it out")
+    tokenizer.add_tokens(words)
+    ids = tokenizer.convert_tokens_to_ids(words)
+    if [tokenizer.encode(w, add_special_tokens=False) for w in words] != [[i] for i in ids]:
+        raise UserError(f"add_words: the tokenizer does not read {words} back as single tokens: choose plain words")
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    return ids
 
 
 def save_vocab_files(tokenizer: CLIPTokenizer, out_dir: Path) -> list[Path]:

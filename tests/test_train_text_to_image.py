@@ -196,3 +196,44 @@ def test_shapes_base_recipe_validates():
 
     noise = [ShapesDataRecipe.model_validate(jobs[i].raw).caption_noise for i in (7, 9)]
     assert noise[0] == 0 and noise[1] > 0
+
+
+def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_sd_dir):
+    import torch
+
+    from sdkit.data.shapes import write_dataset
+    from sdkit.models import load_pipeline, resolve_model
+
+    def load(path):
+        return load_pipeline(resolve_model(str(path), hash_local=False), torch_dtype=torch.float32)
+
+    data = write_dataset(tmp_path / "data", 6, seed=1, size=32, shapes=["heart", "crescent"])
+    meta = data / "metadata.jsonl"  # captions naming the shapes with words the tokenizer lacks
+    meta.write_text(meta.read_text().replace(" heart on", " blob on").replace(" crescent on", " wedge on"))
+    before = load(tiny_sd_dir)
+    assert len(before.tokenizer.encode("wedge", add_special_tokens=False)) > 1  # characters so far
+    model_dir = run(recipe(data, tmp_path / "run", preset=None, model=str(tiny_sd_dir), max_steps=2, train_text_encoder=True,
+                           add_words=["blob", "wedge"], checkpointing_steps=None))  # fmt: skip
+    after = load(model_dir)  # sdkit's loader checks the tokenizer's size against its files
+    ids = after.tokenizer.convert_tokens_to_ids(["blob", "wedge"])
+    assert after.tokenizer.encode("a red wedge", add_special_tokens=False)[-1] == ids[1]
+    rows = after.text_encoder.get_input_embeddings().weight
+    assert rows.shape[0] == len(after.tokenizer) == len(before.tokenizer) + 2
+    assert after.text_encoder.config.vocab_size == len(after.tokenizer)
+    old_rows = before.text_encoder.get_input_embeddings().weight.detach()
+    assert torch.equal(rows[: len(old_rows)], old_rows) is False  # the text encoder trained
+    moved = (rows[ids].detach() - old_rows.mean(0)).norm(dim=1)  # mean resizing starts them at the old rows' mean
+    assert (moved < 0.25 * old_rows.norm(dim=1).mean()).all() and (moved > 1e-4).all(), moved  # ... and they trained
+
+
+def test_add_words_errors(tmp_path, tiny_sd_dir, shapes_data):
+    with pytest.raises(ValueError, match="add_words needs a model to fine-tune"):
+        recipe(shapes_data, tmp_path, add_words=["heart"], train_text_encoder=True)  # a preset
+    with pytest.raises(ValueError, match="add_words needs"):
+        recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["heart"])  # frozen text encoder
+    with pytest.raises(ValueError, match="distinct lower-case words"):
+        recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["Heart"], train_text_encoder=True)
+    with pytest.raises(UserError, match="'circle' is already one token of this tokenizer: leave it out"):
+        run(recipe(shapes_data, tmp_path / "known", preset=None, model=str(tiny_sd_dir), max_steps=1,
+                   add_words=["circle"], train_text_encoder=True))  # fmt: skip
+    assert not (tmp_path / "known" / "model").exists()

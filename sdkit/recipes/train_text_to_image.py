@@ -166,6 +166,10 @@ def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
             f"{recipe.model} is a {type(pipe).__name__}: text-to-image training supports SD 1.x/2.x pipelines "
             "(StableDiffusionPipeline) only"
         )
+    if recipe.add_words:
+        from sdkit.tokenizer import add_words
+
+        add_words(pipe.tokenizer, pipe.text_encoder, recipe.add_words)
     return pipe
 
 

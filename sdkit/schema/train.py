@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -122,6 +123,12 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
         description="preset only: words of the word-level tokenizer (None: sdkit's default words plus the training "
         "captions' words).",
     )
+    add_words: list[str] | None = Field(
+        None,
+        description="model only: new words for the loaded tokenizer, one token each (e.g. new class names in the "
+        "captions); the text encoder's table grows by their rows (transformers' mean resizing). Needs "
+        "train_text_encoder.",
+    )
     data_dir: Path = Field(
         description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
         json_schema_extra=cli("-d"),
@@ -171,6 +178,12 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
             raise ValueError("give exactly one of model (a pipeline to fine-tune) or preset (train from scratch)")
         if self.vocabulary is not None and self.preset is None:
             raise ValueError("vocabulary only applies with preset (a fine-tuned model keeps its tokenizer)")
+        if self.add_words is not None:
+            if self.model is None or self.stage != "unet" or not self.train_text_encoder:
+                raise ValueError("add_words needs a model to fine-tune, stage unet and train_text_encoder (the new rows must learn)")
+            bad = [w for w in self.add_words if not re.fullmatch(r"[a-z]+", w)]
+            if bad or not self.add_words or len(set(self.add_words)) != len(self.add_words):
+                raise ValueError(f"add_words must list distinct lower-case words of letters a-z (got {self.add_words})")
         if self.resolution is not None and self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
