@@ -303,7 +303,8 @@ def write_dataset(
     train_controlnet example expects. With `caption_noise` p, each caption names a wrong shape, colour and background
     with probability p apiece (as web alt-text does; the structured columns and `true_text` keep the truth). With
     `generic_noun` p, a caption calls the object "shape" instead of naming it ("a red shape on a blue background"),
-    so the world has a class noun, as "a photo of a dog" is to "a photo of sks dog" in DreamBooth. Written into a temporary sibling directory, renamed into place when complete.
+    so the world has a class noun, as "a photo of a dog" is to "a photo of sks dog" in DreamBooth. Written into a
+    temporary sibling directory, renamed into place when complete.
     """
     out = Path(out_dir)
     if n < 1:
