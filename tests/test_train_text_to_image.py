@@ -221,7 +221,7 @@ def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_
     assert rows.shape[0] == len(after.tokenizer) == len(before.tokenizer) + 2
     assert after.text_encoder.config.vocab_size == len(after.tokenizer)
     old_rows = before.text_encoder.get_input_embeddings().weight.detach()
-    assert torch.equal(rows[: len(old_rows)], old_rows) is False  # the text encoder trained
+    assert not torch.equal(rows[: len(old_rows)], old_rows)  # the text encoder trained
     moved = (rows[ids].detach() - old_rows.mean(0)).norm(dim=1)  # mean resizing starts them at the old rows' mean
     assert (moved < 0.25 * old_rows.norm(dim=1).mean()).all() and (moved > 1e-4).all(), moved  # ... and they trained
 

@@ -56,7 +56,7 @@ class Outline:
     solidity: float  # area / convex hull area: 1 for convex shapes, ~0.6 for the star
     circle_fill: float  # area / minimum enclosing circle: 1 circle, 0.64 square and diamond, 0.41 triangle
     box_fill: float  # area / upright bounding box: 1 square, 0.79 circle, 0.5 diamond and triangle
-    top_share: float  # share of the area in the upper half of the bounding box: 0.25 triangle, ~0.5 the rest
+    top_share: float  # share of the area in the upper half of the bounding box: 0.25 triangle, 0.65 heart, ~0.5 the rest
     notches: int  # convexity defects deeper than NOTCH_DEPTH x enclosing radius: star 5, cross 4, arrow 2, heart and
     # crescent 1, the convex shapes 0
     deepest: float  # deepest convexity defect / enclosing radius
@@ -199,10 +199,12 @@ def classify_shape(o: Outline) -> tuple[str, str]:
     """(shape, reason): shape is "unknown" with a reason when the outline is implausible or near a decision boundary.
 
     Thresholds sit between the ranges measured on rendered shapes, clean and degraded (noise 8/255, Gaussian blur
-    0.6 px, JPEG 75; at blur 1 px and JPEG 60, small shapes are sometimes refused, rarely misread). Notched outlines: star 4-5 notches with a dominant 5th radial harmonic (>= 0.17; noise
-    blobs with notches lack it), cross 4 notches with a dominant 4th (>= 0.19, the star's <= 0.10), arrow 2 notches,
-    strong 2nd and 5th harmonics (>= 0.17, >= 0.11) and mirror symmetry (top share 0.45-0.55), heart 1-2 notches and top share 0.61-0.69 (the rest <= 0.55), crescent 1 deep
-    notch (>= 0.41 of the radius, the heart's <= 0.34) and a strong 1st harmonic (>= 0.19, the heart's <= 0.10).
+    0.6 px, JPEG 75; at blur 1 px and JPEG 60, small shapes are sometimes refused, rarely misread). Notched outlines:
+    star 4-5 notches with a dominant 5th radial harmonic (>= 0.17; noise blobs with notches lack it), cross 4 notches
+    with a dominant 4th (>= 0.19, the star's <= 0.10), arrow 2 notches, strong 2nd and 5th harmonics (>= 0.17,
+    >= 0.11) and mirror symmetry (top share 0.45-0.55), heart 1-2 notches and top share 0.61-0.69 (the rest <= 0.55),
+    crescent 1 deep notch (>= 0.41 of the radius, the heart's <= 0.34) and a strong 1st harmonic (>= 0.19, the
+    heart's <= 0.10).
     Convex outlines: triangle top share <= 0.34 vs >= 0.44; pentagon 5th harmonic >= 0.064 vs <= 0.02 for the other
     convex shapes; hexagon 6th >= 0.031 vs <= 0.019; diamond circle+box fill <= 1.47 vs >= 1.57; circle circle-box
     fill >= 0.10 vs square <= -0.16.
