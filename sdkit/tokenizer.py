@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,11 +195,16 @@ def load_tokenizer(tokenizer_dir: Path) -> CLIPTokenizer:
 
 def add_words(tokenizer: CLIPTokenizer, text_encoder: Any, words: Iterable[str]) -> list[int]:
     """Add `words` to a loaded tokenizer as one token each and grow the text encoder's embedding table to match (the
-    new rows drawn around the old rows' mean: transformers' mean resizing). Returns the new token ids."""
+    new rows drawn around the old rows' mean: transformers' mean resizing). Words that already are one token keep
+    their trained rows (as `tokenizer.add_tokens` skips them), so a recipe runs the same on a tokenizer that has
+    them. Returns the new token ids."""
     words = list(words)
     known = [w for w in words if len(tokenizer.encode(w, add_special_tokens=False)) == 1]
     if known:
-        raise UserError(f"add_words: {known[0]!r} is already one token of this tokenizer: leave it out")
+        print(f"add_words: {', '.join(known)} already one token each: kept as trained", file=sys.stderr)
+    words = [w for w in words if w not in known]
+    if not words:
+        return []
     tokenizer.add_tokens(words)
     ids = tokenizer.convert_tokens_to_ids(words)
     if [tokenizer.encode(w, add_special_tokens=False) for w in words] != [[i] for i in ids]:

@@ -175,9 +175,9 @@ def test_shapes_base_recipe_validates():
 
     jobs = load_file(ROOT / "recipes/train/shapes-base.yaml")  # every job validated against its schema
     check_references(jobs)
-    tasks = ["data-shapes", "data-shapes", *["train-text-to-image"] * 5, *["data-shapes", "train-text-to-image"] * 2]
+    tasks = ["data-shapes", "data-shapes", *["train-text-to-image"] * 5, *["data-shapes", "train-text-to-image"] * 3]
     assert [j.task.name for j in jobs] == tasks
-    vae, unet, more, decoder, stage5, stage6, last = (
+    vae, unet, more, decoder, stage5, stage6, stage7, last = (
         TrainTextToImageRecipe.model_validate({**j.raw, "model": j.raw.get("model") and "x"})
         for j in jobs
         if j.task.name == "train-text-to-image"
@@ -190,12 +190,17 @@ def test_shapes_base_recipe_validates():
     # v4: stage 6 continues stage 5 at a lower learning rate on the larger dataset of job 8
     assert (stage6.stage, jobs[8].raw["model"], str(stage6.data_dir)) == ("unet", "${jobs.unet3.output}", jobs[7].raw["out"])
     assert stage6.learning_rate < stage5.learning_rate
-    # the shipped model: stage 7 continues stage 6 on job 10's noisy captions (the images are clean renders)
-    assert (last.stage, jobs[10].raw["model"], str(last.data_dir)) == ("unet", "${jobs.unet4.output}", jobs[9].raw["out"])
+    # v5: stage 7 continues stage 6 on job 10's noisy captions (the images are clean renders)
+    assert (stage7.stage, jobs[10].raw["model"], str(stage7.data_dir)) == ("unet", "${jobs.unet4.output}", jobs[9].raw["out"])
+    # the shipped model: stage 8 continues stage 7 on job 12's wider world, its new shape names added as words
+    assert (last.stage, jobs[12].raw["model"], str(last.data_dir)) == ("unet", "${jobs.unet6.output}", jobs[11].raw["out"])
+    from sdkit.data.world import BASE_SHAPES
     from sdkit.schema.data import ShapesDataRecipe
 
-    noise = [ShapesDataRecipe.model_validate(jobs[i].raw).caption_noise for i in (7, 9)]
-    assert noise[0] == 0 and noise[1] > 0
+    data = [ShapesDataRecipe.model_validate(jobs[i].raw) for i in (7, 9, 11)]
+    assert data[0].caption_noise == 0 and data[1].caption_noise > 0 and data[2].generic_noun > 0
+    assert data[0].shapes is None and last.train_text_encoder  # the base set, whose names the tokenizer has
+    assert set(last.add_words) == set(data[2].shapes) - set(BASE_SHAPES) and "star" not in data[2].shapes
 
 
 def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_sd_dir):
@@ -213,12 +218,13 @@ def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_
     before = load(tiny_sd_dir)
     assert len(before.tokenizer.encode("wedge", add_special_tokens=False)) > 1  # characters so far
     model_dir = run(recipe(data, tmp_path / "run", preset=None, model=str(tiny_sd_dir), max_steps=2, train_text_encoder=True,
-                           add_words=["blob", "wedge"], checkpointing_steps=None))  # fmt: skip
+                           add_words=["blob", "circle", "wedge"], checkpointing_steps=None))  # fmt: skip
     after = load(model_dir)  # sdkit's loader checks the tokenizer's size against its files
     ids = after.tokenizer.convert_tokens_to_ids(["blob", "wedge"])
     assert after.tokenizer.encode("a red wedge", add_special_tokens=False)[-1] == ids[1]
     rows = after.text_encoder.get_input_embeddings().weight
-    assert rows.shape[0] == len(after.tokenizer) == len(before.tokenizer) + 2
+    assert rows.shape[0] == len(after.tokenizer) == len(before.tokenizer) + 2  # "circle" was one token: kept
+    assert after.tokenizer.convert_tokens_to_ids("circle</w>") == before.tokenizer.convert_tokens_to_ids("circle</w>")
     assert after.text_encoder.config.vocab_size == len(after.tokenizer)
     old_rows = before.text_encoder.get_input_embeddings().weight.detach()
     assert not torch.equal(rows[: len(old_rows)], old_rows)  # the text encoder trained
@@ -233,7 +239,3 @@ def test_add_words_errors(tmp_path, tiny_sd_dir, shapes_data):
         recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["heart"])  # frozen text encoder
     with pytest.raises(ValueError, match="distinct lower-case words"):
         recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["Heart"], train_text_encoder=True)
-    with pytest.raises(UserError, match="'circle' is already one token of this tokenizer: leave it out"):
-        run(recipe(shapes_data, tmp_path / "known", preset=None, model=str(tiny_sd_dir), max_steps=1,
-                   add_words=["circle"], train_text_encoder=True))  # fmt: skip
-    assert not (tmp_path / "known" / "model").exists()

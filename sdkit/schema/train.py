@@ -126,8 +126,8 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
     add_words: list[str] | None = Field(
         None,
         description="model only: new words for the loaded tokenizer, one token each (e.g. new class names in the "
-        "captions); the text encoder's table grows by their rows (transformers' mean resizing). Needs "
-        "train_text_encoder.",
+        "captions); the text encoder's table grows by their rows (transformers' mean resizing). Words that already "
+        "are one token are kept as trained. Needs train_text_encoder.",
     )
     data_dir: Path = Field(
         description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
