@@ -31,8 +31,8 @@ SMALL = {
     "shapes-base.yaml": ["jobs.0.n=12", "jobs.1.n=12", "jobs.2.max_steps=2", "jobs.2.train_batch_size=4",
                          "jobs.2.validation_steps=null", "jobs.2.checkpointing_steps=null", "jobs.3.max_steps=2",
                          "jobs.3.train_batch_size=4", "jobs.3.validation_steps=null", "jobs.3.checkpointing_steps=null",
-                         "jobs.7.n=12", "jobs.9.n=12",
-                         *(f"jobs.{i}.{field}" for i in (4, 5, 6, 8, 10) for field in (
+                         "jobs.7.n=12", "jobs.9.n=12", "jobs.11.n=12",
+                         *(f"jobs.{i}.{field}" for i in (4, 5, 6, 8, 10, 12) for field in (
                              "max_steps=2", "train_batch_size=4", "validation_steps=null", "checkpointing_steps=null"))],
 }
 

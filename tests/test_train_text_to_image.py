@@ -198,7 +198,7 @@ def test_shapes_base_recipe_validates():
     from sdkit.schema.data import ShapesDataRecipe
 
     data = [ShapesDataRecipe.model_validate(jobs[i].raw) for i in (7, 9, 11)]
-    assert data[0].caption_noise == 0 and data[1].caption_noise > 0 and data[2].generic_noun > 0
+    assert data[0].caption_noise == 0 and data[1].caption_noise > 0 and data[2].caption_noise > 0 and data[2].generic_noun > 0
     assert data[0].shapes is None and last.train_text_encoder  # the base set, whose names the tokenizer has
     assert set(last.add_words) == set(data[2].shapes) - set(BASE_SHAPES) and "star" not in data[2].shapes
 
