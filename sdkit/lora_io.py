@@ -3,8 +3,8 @@
     files = save_lora(out_dir, unet=unet, text_encoder=None, metadata=lora_metadata(...), kohya_name="my-lora")
     read_metadata(files[0])   # {"sdkit.base_model": ..., "sdkit.rank": "4", "sdkit.recipe": "{...}", ...}
 
-* `pytorch_lora_weights.safetensors`: `convert_state_dict_to_diffusers(get_peft_model_state_dict(...))` written by the
-  pipeline class's own `save_lora_weights`, with the peft `LoraConfig` in diffusers' `lora_adapter_metadata` header
+* `pytorch_lora_weights.safetensors`: the UNet's `get_peft_model_state_dict` (and the text encoder's through
+  `convert_state_dict_to_diffusers`) written by the pipeline class's own `save_lora_weights`, with the peft `LoraConfig` in diffusers' `lora_adapter_metadata` header
   entry (so `load_lora_weights` rebuilds alpha and the target modules). Loads with plain `pipe.load_lora_weights(dir)`.
 * `NAME.safetensors` (kohya/A1111 keys, `lora_unet_…`/`lora_te_…` with `.lora_down/.lora_up/.alpha`): diffusers'
   `convert_state_dict_to_kohya`, with two fixes: its alpha entries are the rank (right only when alpha == rank), and
@@ -106,7 +106,10 @@ def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers: dict[str, Any] = {
-        "unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        # peft's own keys (lora_A / lora_B) for every UNet layer: convert_state_dict_to_diffusers renames only the
+        # attention projections, and diffusers' loader picks the format from the file's FIRST key, so a file whose
+        # first key is a convolution's lora_A silently drops every attention LoRA.
+        "unet_lora_layers": get_peft_model_state_dict(unet),
         "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),
     }
     if text_encoder is not None:

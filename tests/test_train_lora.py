@@ -33,9 +33,12 @@ def recipe(model: Path, data: Path, out: Path, **fields) -> TrainLoraRecipe:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_sd_dir: Path, data: Path):
-    """UNet + text-encoder LoRA with alpha != rank (so a lost alpha shows), saved in both formats."""
+    """UNet + text-encoder LoRA with alpha != rank (so a lost alpha shows), on attention and the resnets' convolutions
+    (a file mixing diffusers' attention keys with peft's conv keys loses its attention part in load_lora_weights),
+    saved in both formats."""
     out = tmp_path_factory.mktemp("lora") / "run"
     fields = {"max_steps": 3, "rank": 4, "alpha": 2.0, "train_text_encoder": True, "save_format": "kohya",
+              "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
               "trigger_word": "sks", "learning_rate": 0.05, "checkpointing_steps": 2}  # fmt: skip
     return run(recipe(tiny_sd_dir, data, out, **fields))
 
@@ -51,6 +54,9 @@ def test_files_reproduce_the_in_memory_adapter(trained, tiny_sd_dir: Path, tmp_p
 
 
 def test_file_contents_and_metadata(trained, tiny_sd_dir: Path) -> None:
+    unet_keys = [k for k in tensors(trained.files[0]) if k.startswith("unet.")]
+    assert any(".conv1." in k for k in unet_keys) and any(".to_q." in k for k in unet_keys)
+    assert all(".lora_A." in k or ".lora_B." in k for k in unet_keys)  # one key format (see sdkit.lora_io.save_lora)
     kohya = tensors(trained.files[1])
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in kohya)  # A1111's text-encoder naming
     assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {2.0}  # the true alpha, not the rank
