@@ -4,8 +4,9 @@
     read_metadata(files[0])   # {"sdkit.base_model": ..., "sdkit.rank": "4", "sdkit.recipe": "{...}", ...}
 
 * `pytorch_lora_weights.safetensors`: the UNet's `get_peft_model_state_dict` (and the text encoder's through
-  `convert_state_dict_to_diffusers`) written by the pipeline class's own `save_lora_weights`, with the peft `LoraConfig` in diffusers' `lora_adapter_metadata` header
-  entry (so `load_lora_weights` rebuilds alpha and the target modules). Loads with plain `pipe.load_lora_weights(dir)`.
+  `convert_state_dict_to_diffusers`) written by the pipeline class's own `save_lora_weights`, with the peft
+  `LoraConfig` in diffusers' `lora_adapter_metadata` header entry (so `load_lora_weights` rebuilds alpha and the
+  target modules). Loads with plain `pipe.load_lora_weights(dir)`.
 * `NAME.safetensors` (kohya/A1111 keys, `lora_unet_…`/`lora_te_…` with `.lora_down/.lora_up/.alpha`): diffusers'
   `convert_state_dict_to_kohya`, with two fixes: its alpha entries are the rank (right only when alpha == rank), and
   transformers 5's CLIPTextModel has no `text_model.` level, which kohya/A1111 text-encoder keys include.
