@@ -9,15 +9,16 @@ Concepts absent from the base model's training set:
   * DreamBooth: "sks" = the star, from 5 star images in 5 different colours on 5 different backgrounds, prompted "a
     <colour> sks on a <background> background" (the prompt template filled from each image's metadata). "sks" takes the
     shape word's place because the base model's tiny text encoder only ever saw captions of one fixed structure: one
-    extra word ("a red sks shape on ...") shifts the colour and background words to positions it never learned (the base
-    then scores 13 % colour, 3 % background). Prior preservation: 200 renders of the base world as regularisation
-    images, each trained with its caption (the world has no class noun the base knows: "shape" never occurs in its
-    captions). On v3, 50 images the base model generated itself kept less of the world (39 % adherence after training,
-    against 50 % with renders). Both DreamBooth runs use the base model's own loss weighting (min-SNR γ 5; without it
-    the world fell to 58 % instead of 65 % on v3), the full fine-tune an EMA of its weights and 10 % caption dropout
-    (the unconditional branch classifier-free guidance needs drifts otherwise: world adherence 64 % instead of 82.5 %
-    on v5, the base 94 %). Concept rate = share of "a <colour> sks on a <background> background" images the scorer
-    reads as stars; world adherence before/after shows what the prior kept.
+    extra word ("a red sks shape on ...") shifts the colour and background words to positions it never learned (v3
+    then scored 13 % colour, 3 % background). Prior preservation: 1,000 renders of the ten-shape world v6 was trained
+    on, as regularisation images, each trained with its caption. The full fine-tune also trains the text encoder, uses
+    the base model's own loss weighting (min-SNR γ 5), an EMA of its weights and 10 % caption dropout (the
+    unconditional branch classifier-free guidance needs drifts otherwise). What decided it (issue #4's notes): on v5,
+    which knew four shapes, the star stayed <= 3.5 % in every setting tried; a base that knows ten shapes learns an
+    eleventh from five images. 1,000 class images instead of 200 cut the drift from ~27 to ~11 points; the star rate
+    grows with steps (on a trial base: 45 % after 3,000 steps, 72 % after 6,000), and so does the drift. Concept rate
+    = share of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence
+    before/after (the four base shapes) shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
     dropout (without it the LoRA also changes the unconditional prediction guidance subtracts: 78 % striped instead of
     83 %; in trials 10 % gave 81.5 %, a cosine schedule or timestep bias 71.5-77 %). Style rate =
@@ -57,12 +58,13 @@ LORA = {"max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules":
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "dreambooth_full": ("dreambooth", {
         "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 200, "prior_loss_weight": 1.0, "max_steps": 1000, "train_batch_size": 4,
-        "learning_rate": 1e-4, "snr_gamma": 5.0, "use_ema": True, "ema_decay": 0.998, "caption_dropout": 0.1,
+        "num_class_images": 1000, "prior_loss_weight": 1.0, "max_steps": 6000, "train_batch_size": 4,
+        "train_text_encoder": True, "learning_rate": 1e-4, "snr_gamma": 5.0, "use_ema": True, "ema_decay": 0.998,
+        "caption_dropout": 0.1,
     }),
     "dreambooth_lora": ("dreambooth", {
         "instance_prompt": CONCEPT, "with_prior_preservation": True, "class_prompt": "a shape",
-        "num_class_images": 200, "prior_loss_weight": 1.0, "max_steps": 600, "train_batch_size": 4, "snr_gamma": 5.0,
+        "num_class_images": 1000, "prior_loss_weight": 1.0, "max_steps": 3000, "train_batch_size": 4, "snr_gamma": 5.0,
         "lora": True, "rank": 8, "target_modules": LORA_TARGETS, "train_text_encoder": True, "learning_rate": 1e-3,
         "trigger_word": "sks",
     }),
@@ -82,9 +84,10 @@ COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0,
 
 def make_data(root: Path) -> dict[str, Path]:
     """Star instances (5, no colour or background twice), striped images with captions (300), captioned stars (300),
-    triangles captioned with the new token (20), renders of the base world with their captions (200: DreamBooth's
-    regularisation images)."""
+    triangles captioned with the new token (20), renders of the ten-shape world with their captions (1,000:
+    DreamBooth's regularisation images)."""
     from sdkit.data.shapes import write_dataset
+    from sdkit.data.world import BASE_SHAPES, MORE_SHAPES
 
     paths = {"star": root / "star", "striped": root / "striped", "stars": root / "stars", "zig": root / "zig",
              "world": root / "world"}  # fmt: skip
@@ -101,7 +104,7 @@ def make_data(root: Path) -> dict[str, Path]:
             shutil.copy(pool / row["file_name"], paths["star"] / row["file_name"])
         (paths["star"] / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in chosen))
     if not paths["world"].exists():
-        write_dataset(paths["world"], 200, seed=201)
+        write_dataset(paths["world"], 1000, seed=202, shapes=[*BASE_SHAPES, *MORE_SHAPES])
     if not paths["striped"].exists():
         write_dataset(paths["striped"], 300, seed=102, pattern="striped")
     if not paths["stars"].exists():
