@@ -2,7 +2,9 @@
 
 diffusers converts kohya/A1111 LoRA files and reads A1111 embeddings itself; what it does not do is refuse a LoRA that
 only partly fits the model (unmatched layers are dropped silently). `apply_loras` counts the layers the file names and
-the layers that received the adapter, and fails unless they agree.
+the layers that received the adapter, and fails unless they agree. A file whose UNet keys mix peft's and diffusers'
+names (sdkit's own LoRAs on attention + convolutions, before it saved peft's names only) is renamed to one format
+first, so it loads fully.
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ def _tuned_modules(pipe, adapter: str) -> int:
     return count
 
 
+def _load_lora(pipe, path: Path, adapter: str) -> None:
+    """`pipe.load_lora_weights`; a file whose UNet keys mix two naming formats is first rewritten, with its header, to
+    a temporary file in one format (diffusers would load only the layers named like the first key)."""
+    import tempfile
+
+    from sdkit.lora_io import mixed_unet_keys_renamed, read_metadata, write_safetensors
+
+    renamed = mixed_unet_keys_renamed(path)
+    if renamed is None:
+        pipe.load_lora_weights(str(path), adapter_name=adapter)
+        return
+    with tempfile.TemporaryDirectory(prefix="sdkit-lora-") as tmp:
+        fixed = write_safetensors(Path(tmp) / path.name, renamed, read_metadata(path))
+        pipe.load_lora_weights(str(fixed), adapter_name=adapter)
+
+
 def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
     """Load every LoRA as a named adapter, check it fits fully, then set the weights (and optionally fuse)."""
     names = []
@@ -46,7 +64,7 @@ def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
         state_dict, _alphas = pipe.lora_state_dict(str(lora.path))
         expected = {LORA_KEY_SUFFIX.sub("", k) for k in state_dict if LORA_KEY_SUFFIX.search(k)}
         try:
-            pipe.load_lora_weights(str(lora.path), adapter_name=adapter)
+            _load_lora(pipe, Path(lora.path), adapter)
         except (ValueError, RuntimeError, KeyError) as err:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise UserError(

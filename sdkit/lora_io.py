@@ -135,3 +135,26 @@ def _load(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+PEFT_NAMES = {".lora.down.weight": ".lora_A.weight", ".lora.up.weight": ".lora_B.weight"}
+
+
+def mixed_unet_keys_renamed(path: Path) -> dict[str, Any] | None:
+    """The tensors of a LoRA file whose UNet keys mix peft's names (`conv1.lora_A`) with diffusers' (`to_q.lora.down`),
+    every UNet key renamed to peft's; None for any other file.
+
+    diffusers reads the format off the file's first key, so such a file loads only in part. sdkit wrote such files
+    before its UNet layers were saved in peft's names only (LoRAs on attention and convolutions)."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    tensors = _load(path)
+    unet = [k for k in tensors if k.startswith("unet.")]
+    peft = any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in unet)
+    if not peft or not any(k.endswith(tuple(PEFT_NAMES)) for k in unet):
+        return None
+    renamed = {}
+    for key, value in tensors.items():
+        old = next((s for s in PEFT_NAMES if key.startswith("unet.") and key.endswith(s)), None)
+        renamed[key if old is None else key.removesuffix(old) + PEFT_NAMES[old]] = value
+    return renamed

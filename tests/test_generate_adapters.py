@@ -40,7 +40,8 @@ def _lora_state(model_dir: Path, cls_name: str, seed: int, targets=TARGETS):
 def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict[str, Path]:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_kohya
-    from safetensors.torch import save_file
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     root = tmp_path_factory.mktemp("loras")
     files = {}
@@ -63,6 +64,16 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
     save_file({k: v.contiguous() for k, v in partial.items()}, root / "partial.safetensors")
     files["partial"] = root / "partial.safetensors"
     save_file({f"unet.nothing_here.{k}": v.contiguous() for k, v in part.items()}, root / "nothing.safetensors")
+    # file "a" with its first UNet layer in peft's names (lora_A) and the rest in diffusers' (lora.down), as sdkit wrote
+    # LoRAs on attention + convolutions before: diffusers reads the format off the first key
+    state = load_file(files["a"])
+    first = min(k for k in state if k.startswith("unet.")).removesuffix(".lora.down.weight").removesuffix(".lora.up.weight")
+    peft = {".lora.down.weight": ".lora_A.weight", ".lora.up.weight": ".lora_B.weight"}
+    mixed = {next((k.removesuffix(s) + n for s, n in peft.items() if k.startswith(first) and k.endswith(s)), k): v
+             for k, v in state.items()}  # fmt: skip
+    assert mixed != state
+    save_file(mixed, root / "mixed.safetensors", metadata=safe_open(str(files["a"]), "pt").metadata())
+    files["mixed"] = root / "mixed.safetensors"
     files["nothing"] = root / "nothing.safetensors"
     return files
 
@@ -85,6 +96,18 @@ def test_lora_formats_weights_and_stacks(tmp_path: Path, tiny_sd_dir: Path, lora
     assert np.abs(both - a).mean() > 0.5
     fused = _gen(tmp_path, tiny_sd_dir, "fused", "--lora", lora_files["a"], "--fuse-lora")
     assert np.abs(fused - a).max() <= 2  # fusing changes rounding only
+
+
+def test_mixed_key_format_lora_loads_fully(tmp_path: Path, tiny_sd_dir: Path, lora_files) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from sdkit.adapters import _tuned_modules
+
+    plain = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    plain.load_lora_weights(str(lora_files["mixed"]), adapter_name="m")
+    assert 0 < _tuned_modules(plain, "m") < len(TARGETS) * 2  # the file really trips diffusers: a partial load
+    mixed = _gen(tmp_path, tiny_sd_dir, "mixed", "--lora", lora_files["mixed"])
+    assert (mixed == _gen(tmp_path, tiny_sd_dir, "a", "--lora", lora_files["a"])).all()
 
 
 def test_lora_file_equals_in_memory_adapter(tmp_path: Path, tiny_sd_dir: Path, lora_files) -> None:
