@@ -27,8 +27,14 @@ Concepts absent from the base model's training set:
     is in the tokenizer but in no base caption). Concept rate = share of star-prompt images read as stars. Two LoRAs:
     the striped and star LoRAs loaded together, prompted "a red striped star on a blue background" (a pairing neither
     saw), each scored by its own rate.
-  * Textual inversion: a new token "<zig>" for the triangle (initialised from "shape"), from 20 captioned triangles;
-    compared with the base model prompted with the word "triangle" itself (what an embedding can at best recover).
+  * Textual inversion: a new token "<zig>" for the triangle (4 vectors, initialised from "shape"), from 20 captioned
+    triangles; compared with the base model prompted with the word "triangle" itself (what an embedding can at best
+    recover). v5's recipe (1 vector, batch 8, lr 5e-2, 400 steps: 92.5 % on v5) gave 0.5 % on v6, whose "shape" was
+    trained to mean any shape (generic_noun): from there the row drifted to rows that also mean "some shape" (loss
+    0.162 against the triangle row's 0.146). The shape is decided at high noise (the triangle row's loss advantage
+    is largest at t 600-800 and near zero below t 400), so the recipe samples t >= 500 ten times as often
+    (timestep_bias later) and takes all 20 images in every step. With one vector that still reached the triangle
+    for one seed in three (96 %, else 0-1 %); four vectors reached it for each seed tried (89 %, 93 %, n = 100).
 
     OMP_NUM_THREADS=1 python bench/finetune_shapes.py --model shapes --out runs/finetune-shapes \
         --results bench/results/finetune_shapes.json
@@ -71,7 +77,8 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "lora_striped": ("lora", {**LORA, "trigger_word": "striped"}),
     "lora_star": ("lora", {**LORA, "trigger_word": "star"}),
     "textual_inversion": ("textual-inversion", {
-        "token": TI_TOKEN, "init_token": "shape", "max_steps": 400, "train_batch_size": 8, "learning_rate": 5e-2,
+        "token": TI_TOKEN, "init_token": "shape", "num_vectors": 4, "max_steps": 1000, "train_batch_size": 20,
+        "learning_rate": 5e-3, "timestep_bias": "later", "timestep_bias_portion": 0.5, "timestep_bias_multiplier": 10.0,
     }),
 }  # fmt: skip
 # The striped LoRA's weight beside the star LoRA. Trained without caption dropout, the star LoRA overrode the stripes
