@@ -214,11 +214,18 @@ def add_words(tokenizer: CLIPTokenizer, text_encoder: Any, words: Iterable[str])
 
 
 def save_vocab_files(tokenizer: CLIPTokenizer, out_dir: Path) -> list[Path]:
-    """Write vocab.json + merges.txt beside a saved tokenizer (transformers 5 writes only tokenizer.json), so the
-    folder also loads with transformers 4's slow CLIPTokenizer."""
+    """Write vocab.json + merges.txt beside a saved tokenizer (transformers 5 writes only tokenizer.json), and
+    added_tokens.json for words added to it (`add_words`, textual-inversion tokens), so the folder also loads with
+    transformers 4's slow CLIPTokenizer, which reads only these files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [Path(p) for p in tokenizer.backend_tokenizer.model.save(str(out_dir))]
+    written = [Path(p) for p in tokenizer.backend_tokenizer.model.save(str(out_dir))]
+    vocab = json.loads((out_dir / "vocab.json").read_text(encoding="utf-8"))
+    added = {t.content: i for i, t in sorted(tokenizer.added_tokens_decoder.items()) if t.content not in vocab}
+    if added:
+        written.append(out_dir / "added_tokens.json")
+        written[-1].write_text(json.dumps(added, indent=2) + "\n", encoding="utf-8")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,21 @@ def test_shipped_folder_is_small_safetensors_and_plain_diffusers() -> None:
     assert (MODEL / "README.md").read_text().startswith("# shapes")
 
 
+def test_shipped_tokenizer_reads_the_same_from_the_legacy_files(tmp_path: Path) -> None:
+    # transformers 4's slow CLIPTokenizer reads vocab.json + merges.txt + added_tokens.json, never tokenizer.json;
+    # the six words v6 added must be single tokens there too
+    import shutil
+
+    from sdkit.tokenizer import load_tokenizer
+
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json"):
+        shutil.copy(MODEL / "tokenizer" / name, tmp_path / name)
+    full, legacy = load_tokenizer(MODEL / "tokenizer"), load_tokenizer(tmp_path)
+    for prompt in ("a red pentagon on a blue background", "an orange heart and a white crescent", "a green arrow"):
+        assert legacy(prompt).input_ids == full(prompt).input_ids
+    assert len(full.encode("hexagon", add_special_tokens=False)) == 1
+
+
 def test_default_model_generates_offline(tmp_path: Path) -> None:
     from sdkit.eval.scorer import score_image
 

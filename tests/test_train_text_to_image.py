@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,6 +209,7 @@ def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_
 
     from sdkit.data.shapes import write_dataset
     from sdkit.models import load_pipeline, resolve_model
+    from sdkit.tokenizer import load_tokenizer
 
     def load(path):
         return load_pipeline(resolve_model(str(path), hash_local=False), torch_dtype=torch.float32)
@@ -226,6 +228,12 @@ def test_add_words_makes_new_single_tokens_that_train_and_reload(tmp_path, tiny_
     assert rows.shape[0] == len(after.tokenizer) == len(before.tokenizer) + 2  # "circle" was one token: kept
     assert after.tokenizer.convert_tokens_to_ids("circle</w>") == before.tokenizer.convert_tokens_to_ids("circle</w>")
     assert after.text_encoder.config.vocab_size == len(after.tokenizer)
+    legacy = tmp_path / "legacy"  # what transformers 4's slow CLIPTokenizer reads: no tokenizer.json
+    legacy.mkdir()
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json"):
+        shutil.copy(model_dir / "tokenizer" / name, legacy / name)
+    for prompt in ("a red wedge on a blue blob", "a green circle on a white background"):
+        assert load_tokenizer(legacy)(prompt).input_ids == after.tokenizer(prompt).input_ids
     old_rows = before.text_encoder.get_input_embeddings().weight.detach()
     assert not torch.equal(rows[: len(old_rows)], old_rows)  # the text encoder trained
     moved = (rows[ids].detach() - old_rows.mean(0)).norm(dim=1)  # mean resizing starts them at the old rows' mean
