@@ -146,15 +146,17 @@ def mixed_unet_keys_renamed(path: Path) -> dict[str, Any] | None:
 
     diffusers reads the format off the file's first key, so such a file loads only in part. sdkit wrote such files
     before its UNet layers were saved in peft's names only (LoRAs on attention and convolutions)."""
+    from safetensors import safe_open
+
     if Path(path).suffix != ".safetensors":
         return None
-    tensors = _load(path)
-    unet = [k for k in tensors if k.startswith("unet.")]
+    with safe_open(str(path), framework="pt") as f:  # the header only: most files are not mixed
+        unet = [k for k in f.keys() if k.startswith("unet.")]
     peft = any(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in unet)
     if not peft or not any(k.endswith(tuple(PEFT_NAMES)) for k in unet):
         return None
     renamed = {}
-    for key, value in tensors.items():
+    for key, value in _load(path).items():
         old = next((s for s in PEFT_NAMES if key.startswith("unet.") and key.endswith(s)), None)
         renamed[key if old is None else key.removesuffix(old) + PEFT_NAMES[old]] = value
     return renamed

@@ -64,6 +64,7 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
     save_file({k: v.contiguous() for k, v in partial.items()}, root / "partial.safetensors")
     files["partial"] = root / "partial.safetensors"
     save_file({f"unet.nothing_here.{k}": v.contiguous() for k, v in part.items()}, root / "nothing.safetensors")
+    files["nothing"] = root / "nothing.safetensors"
     # file "a" with its first UNet layer in peft's names (lora_A) and the rest in diffusers' (lora.down), as sdkit wrote
     # LoRAs on attention + convolutions before: diffusers reads the format off the first key
     state = load_file(files["a"])
@@ -74,7 +75,6 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
     assert mixed != state
     save_file(mixed, root / "mixed.safetensors", metadata=safe_open(str(files["a"]), "pt").metadata())
     files["mixed"] = root / "mixed.safetensors"
-    files["nothing"] = root / "nothing.safetensors"
     return files
 
 
