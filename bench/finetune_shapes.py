@@ -22,9 +22,9 @@ Concepts absent from the base model's training set:
     images 64 % / 85 %). Its misses are the colour/background pairs no instance image showed, drawn as v6's arrows and
     crescents. DreamBooth LoRA (r 8, text-encoder LoRA too) learns the star faster; n = 200, star / base prompts:
     2,000 steps 73.5 % / 94 %, 2,500 steps 80 % / 84.5 %, 3,000 steps 86 % / 83.5 % (n = 100: caption dropout 0.1
-    66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). Concept rate
-    = share of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence
-    before/after (the four base shapes) shows what the prior kept.
+    66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). Concept rate = share of "a <colour> sks on a
+    <background> background" images the scorer reads as stars; world adherence before/after (the four base shapes)
+    shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
     dropout (without it the LoRA also changes the unconditional prediction guidance subtracts; these trials ran on v5
     with LoRA files that loaded their convolution layers only, a key-format bug since fixed: 78 % striped instead of
