@@ -22,9 +22,12 @@ Concepts absent from the base model's training set:
     images 64 % / 85 %). Its misses are the colour/background pairs no instance image showed, drawn as v6's arrows and
     crescents. DreamBooth LoRA (r 8, text-encoder LoRA too) learns the star faster; n = 200, star / base prompts:
     2,000 steps 73.5 % / 94 %, 2,500 steps 80 % / 84.5 %, 3,000 steps 86 % / 83.5 % (n = 100: caption dropout 0.1
-    66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). Concept rate = share of "a <colour> sks on a
-    <background> background" images the scorer reads as stars; world adherence before/after (the four base shapes)
-    shows what the prior kept.
+    66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). The text-encoder LoRA is what ties "sks" to the
+    star: without it (UNet LoRA only, 2,500 steps) the star rate was 15.5 % / 18 % at two eval seeds, and the base
+    prompts still lost 7 points; attention-only LoRAs gave 69.5 % / 86 % (2,500 steps) and 62.5 % / 81.5 % (3,500).
+    Those one-seed drifts are noisy (see EVAL_SEEDS), so DreamBooth is scored at four eval seeds. Concept rate = share
+    of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after
+    (the four base shapes) shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
     dropout (without it the LoRA also changes the unconditional prediction guidance subtracts; these trials ran on v5
     with LoRA files that loaded their convolution layers only, a key-format bug since fixed: 78 % striped instead of
@@ -33,7 +36,9 @@ Concepts absent from the base model's training set:
   * A second LoRA, the star shape from 300 captioned star images ("a red star on a blue background"; the word "star"
     is in the tokenizer but in no base caption). Concept rate = share of star-prompt images read as stars. Two LoRAs:
     the striped and star LoRAs loaded together, prompted "a red striped star on a blue background" (a pairing neither
-    saw), each scored by its own rate.
+    saw), each scored by its own rate. Both LoRAs are UNet-only: with a text-encoder LoRA each, stacking them at 1 / 1
+    gave star 49 %, stripes 64 % (and no weight pair tried reached 60 % for both); without, the striped LoRA's weight
+    trades one for the other smoothly (see STRIPED_WITH_STAR).
   * Textual inversion: a new token "<zig>" for the triangle (4 vectors, initialised from "shape"), from 20 captioned
     triangles; compared with the base model prompted with the word "triangle" itself (what an embedding can at best
     recover). v5's recipe (1 vector, batch 8, lr 5e-2, 400 steps: 92.5 % on v5) gave 0.5 % on v6, whose "shape" was
@@ -65,7 +70,9 @@ TI_TOKEN = "<zig>"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]  # attention and the resnets' convolutions
 
 # The two LoRAs' shared recipe (the striped style and the star shape differ only in data and trigger word).
-LORA = {"max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": True,
+# UNet only: with a text-encoder LoRA each (the previous recipe) each changed how the other's prompt words read, and the
+# pair drew stripes or stars, rarely both (star 49 %, stripes 64 % at 1 / 1); alone each scored 1-2 points lower too.
+LORA = {"max_steps": 4000, "train_batch_size": 16, "rank": 16, "target_modules": LORA_TARGETS, "train_text_encoder": False,
         "learning_rate": 1e-3, "caption_dropout": 0.2}  # fmt: skip
 # Training recipes (YAML fields of the task's schema); --quick divides max_steps by 20.
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -88,12 +95,16 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
         "learning_rate": 5e-3, "timestep_bias": "later", "timestep_bias_portion": 0.5, "timestep_bias_multiplier": 10.0,
     }),
 }  # fmt: skip
-# The striped LoRA's weight beside the star LoRA. On v5 (LoRA files that, through a key-format bug since fixed, loaded
-# their convolution layers only) 20 % caption dropout let both keep their concept at 1 / 1. On v6 with whole LoRAs,
-# 1 / 1 gives star 49 %, striped 64 % (eval seed 1234, n = 200); n = 100: 1 / 1.3 gave 51 / 49 %, 1.2 / 1.3 47 / 72 %,
-# 1 / 1.5 39 / 37 %. A stronger star LoRA does not draw more stars: the stacked images are striped stars whose stripes
-# run into the background, and the scorer rejects the outline. The bench also scores seed 4321.
-STRIPED_WITH_STAR = 1.0
+# The striped LoRA's weight beside the star LoRA: the striped LoRA decides how the pair trades stars for stripes, the
+# star LoRA's weight barely does. UNet-only LoRAs, n = 200, star / stripes at eval seeds 1234 and 4321: 1 / 1 48 / 90 %
+# and 55 / 88.5 %; 0.9 / 1 63 / 74.5 % and 65 / 78 %; 0.85 / 1 68.5 / 68.5 % and 70 / 67.5 %; 0.8 / 1 68 / 50.5 % and
+# 69.5 / 52.5 %; 1 / 1.3 47 / 86.5 % and 49.5 / 83.5 %. Seeds 777 and 9999, not used to choose: 63.5 / 64 % and
+# 69.5 / 62.5 %.
+STRIPED_WITH_STAR = 0.85
+# DreamBooth's drift is the difference of two rates near 90 %: at n = 200 (one eval seed) it carries about ±3.5 points
+# of noise (seed by seed, the bench's 2,500-step DreamBooth LoRA drifted -6, +3, -4.5 and +2 points), so DreamBooth and
+# the stacked LoRAs are scored at four eval seeds (n = 800) and reported pooled, with each seed's score beside it.
+EVAL_SEEDS = (1234, 4321, 777, 9999)
 COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0, "device": "cpu", "validation_images": 4}
 
 
@@ -218,6 +229,15 @@ def merged(model: str, out_dir: Path, loras: list[tuple[Path, float]] = (), embe
     return saved
 
 
+def pooled(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Scores of one model at several eval seeds (as many prompts each) as one: rates averaged, counts summed; the
+    per-seed scores stay under "seeds"."""
+    scores = list(per_seed.values())
+    merged_score = {k: v if k == "cfg" else sum(s[k] for s in scores) if k in ("n", "heldout_n") else
+                    round(sum(s[k] for s in scores) / len(scores), 4) for k, v in scores[0].items()}  # fmt: skip
+    return {**merged_score, "seeds": {str(seed): s for seed, s in per_seed.items()}}
+
+
 def evaluate(model: Path | str, n: int, steps: int, out: Path, **fields: Any) -> dict[str, Any]:
     """`sdkit eval shapes` at cfg 5; report.json and a sample grid go to `out`."""
     from dataclasses import asdict
@@ -254,16 +274,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"model": model, "n": n, "steps": args.steps, "cfg": 5.0, "training": trained, "eval": {}}
     ev = results["eval"]
 
-    def score(key: str, folder: Path | str, **fields: Any) -> None:
-        ev[key] = evaluate(folder, n, args.steps, out / "eval" / key.replace("/", "_").replace("@", "_w"), **fields)
+    def score(key: str, folder: Path | str, seeds: tuple[int, ...] = (), **fields: Any) -> None:
+        """One evaluation at the default eval seed, or with `seeds`, one per seed pooled into `n × len(seeds)`."""
+        where = out / "eval" / key.replace("/", "_").replace("@", "_w")
+        if not seeds:
+            ev[key] = evaluate(folder, n, args.steps, where, **fields)
+            return
+        ev[key] = pooled({seed: evaluate(folder, n, args.steps, where / f"seed{seed}", seed=seed, **fields) for seed in seeds})
 
-    score("base/world", model)
+    score("base/world", model, EVAL_SEEDS)
     score("base/sks_star", model, **star)
-    score("dreambooth_full/sks_star", out / "dreambooth_full/model", **star)
-    score("dreambooth_full/world", out / "dreambooth_full/model")
+    score("dreambooth_full/sks_star", out / "dreambooth_full/model", EVAL_SEEDS, **star)
+    score("dreambooth_full/world", out / "dreambooth_full/model", EVAL_SEEDS)
     db_lora = merged(model, out / "merged/dreambooth_lora", [(lora["dreambooth_lora"], 1.0)])
-    score("dreambooth_lora/sks_star", db_lora, **star)
-    score("dreambooth_lora/world", db_lora)
+    score("dreambooth_lora/sks_star", db_lora, EVAL_SEEDS, **star)
+    score("dreambooth_lora/world", db_lora, EVAL_SEEDS)
     score("lora_striped@0/striped", model, **striped)
     score("lora_striped@1/striped", merged(model, out / "merged/striped", [(lora["lora_striped"], 1.0)]), **striped)
     word_star = {"template": "a {color} star on a {background} background", "expect_shape": "star", "shapes": ["star"],
@@ -272,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     score("lora_star@1/star", merged(model, out / "merged/star", [(lora["lora_star"], 1.0)]), **word_star)
     both = merged(model, out / "merged/striped_star", [(lora["lora_striped"], STRIPED_WITH_STAR), (lora["lora_star"], 1.0)])
     both_fields = {**word_star, "template": "a {color} striped star on a {background} background", "pattern": "striped"}
-    score("both_loras/striped_star", both, **both_fields)
-    score("both_loras/striped_star_seed2", both, **both_fields, seed=4321)  # prompts and noise the weight was not chosen on
+    score("both_loras/striped_star", both, EVAL_SEEDS, **both_fields)
     zig = {"template": f"a {{color}} {TI_TOKEN} on a {{background}} background", "expect_shape": "triangle",
            "shapes": ["triangle"], "heldout": False}  # fmt: skip
     score("base/zig_triangle", model, **zig)
@@ -295,12 +319,14 @@ def summary(results: dict[str, Any]) -> str:
     lines = [
         f"DreamBooth full  sks→star {pct(ev['dreambooth_full/sks_star']['shape'])} (base {pct(ev['base/sks_star']['shape'])}); "
         f"world adherence {pct(ev['dreambooth_full/world']['all'])} vs base {pct(ev['base/world']['all'])}",
-        f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}",
+        f"DreamBooth LoRA  sks→star {pct(ev['dreambooth_lora/sks_star']['shape'])}; world adherence {pct(ev['dreambooth_lora/world']['all'])}"
+        " (by seed: " + ", ".join(f"{pct(ev['dreambooth_lora/world']['seeds'][k]['all'])} vs {pct(b['all'])}"
+                                  for k, b in ev["base/world"]["seeds"].items()) + ")",
         f"LoRA striped     weight 1: {pct(ev['lora_striped@1/striped']['pattern'])}, weight 0: {pct(ev['lora_striped@0/striped']['pattern'])}",
         f"LoRA star        weight 1: {pct(ev['lora_star@1/star']['shape'])}, weight 0: {pct(ev['lora_star@0/star']['shape'])}",
         f"Both LoRAs       striped {STRIPED_WITH_STAR} + star 1: star {pct(ev['both_loras/striped_star']['shape'])}, striped "
-        f"{pct(ev['both_loras/striped_star']['pattern'])} (other seed: {pct(ev['both_loras/striped_star_seed2']['shape'])}, "
-        f"{pct(ev['both_loras/striped_star_seed2']['pattern'])})",
+        f"{pct(ev['both_loras/striped_star']['pattern'])} (by seed: "
+        + ", ".join(f"{pct(e['shape'])} / {pct(e['pattern'])}" for e in ev["both_loras/striped_star"]["seeds"].values()) + ")",
         f"Textual inv.     <zig>→triangle {pct(ev['textual_inversion/zig_triangle']['shape'])} (base {pct(ev['base/zig_triangle']['shape'])}; "
         f"base with the word 'triangle' {pct(ev['base/word_triangle']['shape'])})",
     ]

@@ -1,5 +1,5 @@
 """bench/finetune_shapes.py's caches: a trained run is redone when its recipe changes, a merged model when its LoRA
-file or weight changes."""
+file or weight changes; scores at several eval seeds pool into one."""
 
 from __future__ import annotations
 
@@ -53,3 +53,13 @@ def test_a_run_is_retrained_when_its_recipe_changes(tiny_sd_dir: Path, tmp_path:
     monkeypatch.setitem(bench.RECIPES, "textual_inversion", (command, {**fields, "learning_rate": 1e-3}))
     assert trained() != first  # another recipe: trained again
     assert "learning_rate: 0.001" in (out / "textual_inversion.yaml").read_text()
+
+
+def test_scores_at_several_eval_seeds_pool_into_one() -> None:
+    from bench.finetune_shapes import pooled
+
+    a = {"cfg": 5.0, "n": 200, "shape": 0.8, "all": 0.845, "heldout_n": 200, "heldout_all": 0.86}
+    b = {"cfg": 5.0, "n": 200, "shape": 0.815, "all": 0.925, "heldout_n": 200, "heldout_all": 0.8}
+    both = pooled({1234: a, 4321: b})
+    assert {k: both[k] for k in a} == {"cfg": 5.0, "n": 400, "shape": 0.8075, "all": 0.885, "heldout_n": 400, "heldout_all": 0.83}
+    assert both["seeds"] == {"1234": a, "4321": b}
