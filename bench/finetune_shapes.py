@@ -23,12 +23,12 @@ Concepts absent from the base model's training set:
     76.9 % / 52 %, 6e-4 60.9 % / 23 %). Its misses are the colour/background pairs no instance image showed, drawn as
     v6's arrows and crescents. DreamBooth LoRA (r 8, text-encoder LoRA too) learns the star faster; n = 200, star /
     base prompts: 2,000 steps 73.5 % / 94 %, 2,500 steps 80 % / 84.5 %, 3,000 steps 86 % / 83.5 % (n = 100: caption
-    dropout 0.1 66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). The text-encoder LoRA is what ties "sks" to the
-    star: without it (UNet LoRA only, 2,500 steps) the star rate was 15.5 % / 18 % at two eval seeds, and the base
-    prompts still lost 7 points; attention-only LoRAs gave 69.5 % / 86 % (2,500 steps) and 62.5 % / 81.5 % (3,500).
-    Those one-seed drifts are noisy (see EVAL_SEEDS), so DreamBooth is scored at four eval seeds. Concept rate = share
-    of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence before/after
-    (the four base shapes) shows what the prior kept.
+    dropout 0.1 66 % / 84 %, 0.2 55 % / 87 %; prior-loss weight 2 84 % / 85 %). The text-encoder LoRA is what ties
+    "sks" to the star: without it (UNet LoRA only, 2,500 steps) the star rate was 15.5 % / 18 % at two eval seeds, and
+    the base prompts still lost 7 points; attention-only LoRAs gave 69.5 % / 86 % (2,500 steps) and 62.5 % / 81.5 %
+    (3,500). Those one-seed drifts are noisy (see EVAL_SEEDS), so DreamBooth is scored at four eval seeds. Concept rate
+    = share of "a <colour> sks on a <background> background" images the scorer reads as stars; world adherence
+    before/after (the four base shapes) shows what the prior kept.
   * LoRA: striped fill from striped images captioned "a red striped circle on a blue background", with 20 % caption
     dropout (without it the LoRA also changes the unconditional prediction guidance subtracts; these trials ran on v5
     with LoRA files that loaded their convolution layers only, a key-format bug since fixed: 78 % striped instead of
@@ -234,9 +234,16 @@ def pooled(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Scores of one model at several eval seeds (as many prompts each) as one: rates averaged, counts summed; the
     per-seed scores stay under "seeds"."""
     scores = list(per_seed.values())
-    merged_score = {k: v if k == "cfg" else sum(s[k] for s in scores) if k in ("n", "heldout_n") else
-                    round(sum(s[k] for s in scores) / len(scores), 4) for k, v in scores[0].items()}  # fmt: skip
-    return {**merged_score, "seeds": {str(seed): s for seed, s in per_seed.items()}}
+    result: dict[str, Any] = {}
+    for key, first in scores[0].items():
+        values = [s[key] for s in scores]
+        if key == "cfg":
+            result[key] = first
+        elif key in ("n", "heldout_n"):
+            result[key] = sum(values)
+        else:
+            result[key] = round(sum(values) / len(values), 4)
+    return {**result, "seeds": {str(seed): s for seed, s in per_seed.items()}}
 
 
 def evaluate(model: Path | str, n: int, steps: int, out: Path, **fields: Any) -> dict[str, Any]:
