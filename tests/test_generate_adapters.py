@@ -43,6 +43,8 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    from sdkit.lora_io import PEFT_NAMES
+
     root = tmp_path_factory.mktemp("loras")
     files = {}
     for name, seed in (("a", 1), ("b", 2)):
@@ -69,8 +71,7 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
     # LoRAs on attention + convolutions before: diffusers reads the format off the first key
     state = load_file(files["a"])
     first = min(k for k in state if k.startswith("unet.")).removesuffix(".lora.down.weight").removesuffix(".lora.up.weight")
-    peft = {".lora.down.weight": ".lora_A.weight", ".lora.up.weight": ".lora_B.weight"}
-    mixed = {next((k.removesuffix(s) + n for s, n in peft.items() if k.startswith(first) and k.endswith(s)), k): v
+    mixed = {next((k.removesuffix(s) + n for s, n in PEFT_NAMES.items() if k.startswith(first) and k.endswith(s)), k): v
              for k, v in state.items()}  # fmt: skip
     assert mixed != state
     save_file(mixed, root / "mixed.safetensors", metadata=safe_open(str(files["a"]), "pt").metadata())
