@@ -145,7 +145,7 @@ def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     path = root / "checkpoints" / f"step-{step}"
     path.mkdir(parents=True)
     if complete:
-        (path / ckpt.MARKER).write_text(json.dumps({"complete": True, "step": step}))
+        (path / ckpt.MARKER).write_text(json.dumps({"complete": True, "step": step, "files": {}}))
     return path
 
 
@@ -179,6 +179,14 @@ def test_resume_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         train_toy(tmp_path / "run", resume=str(tmp_path / "nope"))
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing written
+
+
+def test_checkpoint_state_is_not_pickled_and_must_fit_the_run(tmp_path):
+    train_toy(tmp_path / "run", max_steps=2)  # EMA on
+    folder = tmp_path / "run/checkpoints/step-2"
+    assert not list(folder.glob("custom_checkpoint_*")) and (folder / "sdkit_state.safetensors").is_file()
+    with pytest.raises(UserError, match="holds 2 training-state objects but this run has 1"):
+        train_toy(tmp_path / "off", max_steps=4, use_ema=False, resume=str(folder))
 
 
 def test_stop_signals_restore_previous_handlers():

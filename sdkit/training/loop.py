@@ -9,10 +9,11 @@ A task builds its models and data, then hands the loop a `TrainTask`: the traina
 1. AdamW (torch's fused kernel where the parameters allow) + diffusers' `get_scheduler`, a seedable DataLoader
    (`DataLoader(generator=...)` + accelerate's `use_seedable_sampler`: the data order depends on the seed and epoch
    only), `accelerator.prepare`.
-2. EMA (diffusers `EMAModel`) and the loop position/loss history, registered for checkpointing.
-3. Resume: `accelerator.load_state` + `skip_first_batches` to the exact batch, so a resumed run ends with the same
-   weights as an uninterrupted one. Every micro-batch draws its randomness (noise, timesteps, caption dropout,
-   augmentation) from its own generator seeded by (seed, micro-batch number, process), never from global state.
+2. EMA (diffusers `EMAModel`) and the loop position/loss history, checkpointed as safetensors + JSON (no pickle).
+3. Resume: the checkpoint is verified (manifest, tensors only), then `accelerator.load_state` (weights-only loads),
+   sdkit's own state and `skip_first_batches` to the exact batch, so a resumed run ends with the same weights as an
+   uninterrupted one. Every micro-batch draws its randomness (noise, timesteps, caption dropout, augmentation) from
+   its own generator seeded by (seed, micro-batch number, process), never from global state.
 4. The loop: `accelerator.accumulate`, gradient clipping, checkpoints every N steps (see checkpoints.py), validation
    grids, a progress bar on stderr (loss, lr, it/s, ETA; plain lines when stderr is not a terminal).
 5. SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, `TrainingInterrupted` is raised (exit code 130
@@ -253,8 +254,9 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     # 2. EMA and the loop state, checkpointed with the weights
     ema = EMAModel(params, decay=common.ema_decay, foreach=True) if common.use_ema else None  # foreach: ≈ 1.3× faster
     state = LoopState()
-    for obj in (state, *([ema] if ema else []), *task.checkpoint_objects):
-        accelerator.register_for_checkpointing(obj)
+    # saved by checkpoints.py as safetensors + JSON, not via accelerate's register_for_checkpointing (whose pickles
+    # accelerate loads with full unpickling: see checkpoint_files.py)
+    checkpointed = [state, *([ema] if ema else []), *task.checkpoint_objects]
 
     # 3. resume
     main = accelerator.is_main_process
@@ -262,7 +264,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
     notes = []
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        ckpt.load_checkpoint(accelerator, resume_from, checkpointed)  # verified by resolve_resume above
         notes.append(f"resumed from {resume_from} (step {state.global_step}, epoch {state.epoch}, batch {state.batch})")
         if ckpt.read_marker(resume_from).get("signature") not in (None, _signature(common, task, nproc)):
             notes.append(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
@@ -274,7 +276,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
 
     def save(step: int) -> Path:
         info = {**task.info, "signature": _signature(common, task, nproc), "loss": state.history[-1][1] if state.history else None}
-        path = ckpt.save_checkpoint(accelerator, output_dir, step, info, common.checkpoints_total_limit)
+        path = ckpt.save_checkpoint(accelerator, output_dir, step, info, common.checkpoints_total_limit, checkpointed)
         bar.print(f"checkpoint saved: {path}")
         return path
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdkit.errors import SdkitError
+from sdkit.errors import UserError
 
 
 def _trainable(model) -> set[str]:
@@ -26,7 +26,10 @@ def _weights_file(input_dir: str, index: int) -> Path:
 
 
 def checkpoint_trainable_only(accelerator) -> None:
-    """Make this accelerator's checkpoints hold only trainable parameters; resume loads them back into place."""
+    """Make this accelerator's checkpoints hold only trainable parameters; resume loads them back into place.
+
+    A checkpoint that does not fit the run (another task, other target modules, another LoRA rank or embedding size)
+    is a UserError naming what differs, raised before any parameter is changed."""
     import torch
     from safetensors.torch import load_file
 
@@ -36,18 +39,15 @@ def checkpoint_trainable_only(accelerator) -> None:
             weights[i] = {name: tensor for name, tensor in weights[i].items() if name in keep}
 
     def load_hook(models, input_dir) -> None:
+        states = []
         for i, model in enumerate(models):
             path = _weights_file(input_dir, i)
             if not path.is_file():
-                raise SdkitError(f"checkpoint {input_dir} lacks {path.name}: it was not written by this task")
+                raise UserError(f"checkpoint {input_dir} lacks {path.name}: it was not written by this task")
             state = load_file(str(path))
-            keep = _trainable(model)
-            if set(state) != keep:
-                extra, missing = sorted(set(state) - keep)[:3], sorted(keep - set(state))[:3]
-                raise SdkitError(
-                    f"checkpoint {input_dir} does not match this run's trainable parameters (unexpected {extra}, "
-                    f"missing {missing}): resume with the same recipe (rank, target modules, text encoder)"
-                )
+            check_fits(state, model, input_dir)
+            states.append(state)
+        for model, state in zip(models, states, strict=True):
             params = dict(model.named_parameters())
             with torch.no_grad():
                 for name, tensor in state.items():
@@ -56,3 +56,29 @@ def checkpoint_trainable_only(accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def check_fits(state: dict, model, input_dir: str) -> None:
+    """UserError unless `state` holds exactly `model`'s trainable parameters, with the same shapes."""
+    keep = _trainable(model)
+    if set(state) != keep:
+        extra, missing = sorted(set(state) - keep)[:3], sorted(keep - set(state))[:3]
+        raise UserError(
+            f"checkpoint {input_dir} does not match this run's trainable parameters (unexpected {extra}, "
+            f"missing {missing}): resume with the same recipe (rank, target modules, text encoder)"
+        )
+    params = dict(model.named_parameters())
+    for name in sorted(state, key=lambda n: ".lora_A." not in n):  # a rank shows first in the down projections
+        tensor = state[name]
+        if tuple(tensor.shape) == tuple(params[name].shape):
+            continue
+        if ".lora_A." in name:  # peft's down projection: (rank, in_features[, kernel])
+            saved, ours = tensor.shape[0], params[name].shape[0]
+            raise UserError(
+                f"checkpoint {input_dir} holds a rank-{saved} LoRA but this run has rank {ours}: "
+                f"resume with rank {saved} (--rank {saved}), or train rank {ours} into a new output folder"
+            )
+        raise UserError(
+            f"checkpoint {input_dir}: {name} has shape {tuple(tensor.shape)} there but {tuple(params[name].shape)} "
+            "in this run: resume with the same recipe"
+        )
