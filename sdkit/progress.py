@@ -21,12 +21,16 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # None, a replaced stream without isatty, or a closed one
+        return False
+
+
 def live_terminal() -> bool:
     """Whether stderr is a terminal that takes a live bar (not a pipe or file, not TERM=dumb, not TTY_COMPATIBLE=0)."""
-    try:
-        if not sys.stderr.isatty():
-            return False
-    except (AttributeError, ValueError):  # a replaced or closed stderr
+    if not isatty(sys.stderr):
         return False
     from rich.console import Console
 
@@ -58,7 +62,7 @@ class StepBar:
         columns += [TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}")]
         # Paths printed on stdout during the bar go above it only when stdout is the terminal too; rich would
         # otherwise send them to stderr (its console's file), emptying `sdkit generate ... > paths.txt`.
-        self.progress = Progress(*columns, console=Console(stderr=True), redirect_stdout=sys.stdout.isatty())
+        self.progress = Progress(*columns, console=Console(stderr=True), redirect_stdout=isatty(sys.stdout))
         self.task = self.progress.add_task(escape(description), total=self.total, completed=start, rate="- it/s", eta="-",
                                            **self.fields)  # fmt: skip
         self.progress.start()
