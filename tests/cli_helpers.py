@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -35,3 +39,87 @@ def assert_user_error(result, *fragments: str) -> str:
         assert fragment in lines[0], (fragment, lines[0])
     assert result.stdout.strip() == ""
     return lines[0]
+
+
+# --- the real console script under a pseudo-terminal -------------------------------------------------------------
+
+SDKIT = Path(sys.executable).parent / "sdkit"  # the installed console script, beside this interpreter
+ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[ -/]*[0-~]")
+
+
+@dataclass
+class Screen:
+    """What a user at a terminal saw: the exit code, the bytes the terminal received (decoded) and, when stderr was
+    piped instead, what went to the pipe."""
+
+    code: int
+    raw: str
+    stderr: str | None = None
+
+    @property
+    def text(self) -> str:
+        """`raw` without ANSI escape sequences (colours, cursor moves), line ends normalised to \\n."""
+        return ANSI.sub("", self.raw).replace("\r\n", "\n")
+
+    @property
+    def lines(self) -> list[str]:
+        """Each line as it finally stood on the screen: a carriage return (a redrawn progress bar) overwrites."""
+        return [line.split("\r")[-1] for line in self.text.split("\n")]
+
+    def __str__(self) -> str:  # for assertion messages
+        return f"exit {self.code}\n{self.text}" + (f"\n--- stderr (piped) ---\n{self.stderr}" if self.stderr is not None else "")
+
+
+def terminal_env(**extra: str) -> dict[str, str]:
+    """The test environment as a terminal session sees it: TERM=xterm-256color, the console script's folder first on
+    PATH, and none of the variables that would override terminal detection or the window size."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE", "COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PATH=f"{SDKIT.parent}{os.pathsep}{env.get('PATH', '')}", **extra)
+    return env
+
+
+def in_terminal(argv: list[str] | str, cwd: Path | None = None, *, pipe_stderr: bool = False, timeout: float = 300,
+                columns: int = 120, rows: int = 40, env: dict[str, str] | None = None) -> Screen:  # fmt: skip
+    """Run `argv` (a list, or a string for `bash -c`) with a pseudo-terminal of `columns` x `rows` as stdin, stdout and
+    stderr (stderr a pipe instead with `pipe_stderr`), reading until it exits. Past `timeout` seconds the process group
+    is killed and the test fails, showing what the screen held."""
+    import fcntl
+    import pty
+    import select
+    import signal
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    if isinstance(argv, str):
+        argv = ["bash", "-c", argv]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    err = subprocess.PIPE if pipe_stderr else slave
+    proc = subprocess.Popen([str(a) for a in argv], stdin=slave, stdout=slave, stderr=err, cwd=cwd,
+                            env=env or terminal_env(), start_new_session=True)  # fmt: skip
+    os.close(slave)
+    err_fd = proc.stderr.fileno() if pipe_stderr else None
+    buffers = {fd: bytearray() for fd in (master, err_fd) if fd is not None}
+    reading, deadline = set(buffers), time.monotonic() + timeout
+    try:
+        while reading:
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise AssertionError(f"{argv} still running after {timeout} s; screen:\n{buffers[master].decode(errors='replace')}")
+            for fd in select.select(list(reading), [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # EIO: every holder of the terminal's other end has closed it
+                    chunk = b""
+                buffers[fd] += chunk
+                if not chunk:
+                    reading.discard(fd)
+        code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        os.close(master)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    stderr = buffers[err_fd].decode(errors="replace") if err_fd is not None else None
+    return Screen(code, buffers[master].decode(errors="replace"), stderr)

@@ -247,3 +247,13 @@ def test_add_words_errors(tmp_path, tiny_sd_dir, shapes_data):
         recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["heart"])  # frozen text encoder
     with pytest.raises(ValueError, match="distinct lower-case words"):
         recipe(shapes_data, tmp_path, preset=None, model=str(tiny_sd_dir), add_words=["Heart"], train_text_encoder=True)
+
+
+def test_data_names_the_dataset_for_every_trainer(tmp_path):
+    """`--data` (the README's spelling) is accepted by text-to-image as by the other trainers: the error is about the
+    missing folder, not an unknown option."""
+    from cli_helpers import assert_user_error, invoke
+
+    for task, *extra in (["text-to-image"], ["lora"], ["controlnet"], ["textual-inversion", "--token", "<zig>", "--init-token", "triangle"]):
+        args = ["train", task, "-m", "shapes", "--data", tmp_path / "nowhere", "-o", tmp_path / task, *extra]
+        assert_user_error(invoke(*args), "nowhere")

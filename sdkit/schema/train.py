@@ -131,7 +131,7 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
     )
     data_dir: Path = Field(
         description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
-        json_schema_extra=cli("-d"),
+        json_schema_extra=cli("-d", "--data"),
     )
     caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")

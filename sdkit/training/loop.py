@@ -29,7 +29,6 @@ import contextlib
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from sdkit.errors import SdkitError
+from sdkit.progress import StepBar
 from sdkit.training import checkpoints as ckpt
 from sdkit.training.checkpoints import StopSignals
 from sdkit.training.data import collate
@@ -148,50 +148,6 @@ def step_generator(seed: int, micro: int, process_index: int) -> torch.Generator
     return torch.Generator().manual_seed((seed * 1_000_003 + micro * 1_009 + process_index) % 2**63)
 
 
-class ProgressBar:
-    """Rich progress bar on stderr (loss, lr, it/s, ETA); plain lines every `log_every` steps when not a terminal."""
-
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int):
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.total, self.enabled, self.log_every = total, enabled, log_every
-        self.times: deque[tuple[float, int]] = deque([(time.monotonic(), start)], maxlen=50)
-        self.progress = None
-        if enabled and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TextColumn("lr {task.fields[lr]}"), TextColumn("{task.fields[speed]}"), TimeElapsedColumn(),
-                TextColumn("eta {task.fields[eta]}"), console=self.console,
-            )  # fmt: skip
-            self.task = self.progress.add_task("train", total=total, completed=start, loss="-", lr="-", speed="", eta="-")
-            self.progress.start()
-
-    def print(self, message: str) -> None:
-        if self.enabled:
-            self.console.print(message, highlight=False, soft_wrap=True)
-
-    def update(self, step: int, loss: float, lr: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        self.times.append((now, step))
-        (t0, s0) = self.times[0]
-        speed = (step - s0) / (now - t0) if now > t0 and step > s0 else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / speed)) if speed else "-"
-        fields = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "speed": f"{speed:.2f} it/s", "eta": eta}
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, **fields)
-        elif step % self.log_every == 0 or step == self.total:
-            self.print(f"step {step}/{self.total}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']}  eta {eta}")
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
 @contextlib.contextmanager
 def _ema_weights(ema, params: list[torch.nn.Parameter]) -> Iterator[None]:
     """Swap the EMA weights in for the duration of the block (validation)."""
@@ -270,7 +226,8 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
             notes.append(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
     elif common.resume == "latest":
         notes.append(f"no complete checkpoint in {ckpt.checkpoints_dir(output_dir)}: starting from step 0")
-    bar = ProgressBar(common.max_steps, state.global_step, main, common.log_every)
+    bar = StepBar("train", common.max_steps, start=state.global_step, fields={"loss": "-", "lr": "-"},
+                  log_every=common.log_every, enabled=main)  # fmt: skip
     for note in notes:
         bar.print(note)
 
@@ -328,7 +285,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
                 step_loss = accelerator.reduce(torch.stack(micro_losses).mean(), "mean").item()
                 micro_losses.clear()
                 state.history.append((step, step_loss, lr_scheduler.get_last_lr()[0]))
-                bar.update(step, step_loss, state.history[-1][2])
+                bar.update(step, loss=f"{step_loss:.4f}", lr=f"{state.history[-1][2]:.2e}")
                 if not math.isfinite(step_loss):
                     raise SdkitError(f"loss is {step_loss} at step {step}: lower learning_rate or use mixed_precision no")
                 stop_now = _any_process(accelerator, stop.received is not None)
