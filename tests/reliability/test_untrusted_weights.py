@@ -245,3 +245,31 @@ def test_a_misfit_lora_prints_one_line(tmp_path: Path, tiny_sd_dir: Path, tiny_s
     done = sdkit("generate", "x", "-m", tiny_sd_dir, "--lora", te_lora, "--steps", "2", "-o", tmp_path / "o", env=env)
     assert_refused(done, f"--lora {te_lora} does not fit this model", "text-encoder layers have other sizes")
     assert snapshot(tmp_path) == before
+
+
+# 6. embedding tokens: one word, no ':'
+
+
+@pytest.mark.parametrize("token", ["my tok", "a:b", ""])
+def test_an_embedding_token_must_be_one_word(token: str, tmp_path: Path, tiny_sd_dir: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.ones(1, 32)}, tmp_path / "e.safetensors")
+    before = snapshot(tmp_path)
+    done = sdkit("generate", "x", "-m", tiny_sd_dir, "--embedding", f"{tmp_path / 'e.safetensors'}:{token}", "-o", tmp_path / "o")
+    assert_refused(done, "--embedding", "a token must be one word without spaces or ':'", f"(got {token!r})")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("token", ["my tok", "<a:b>"])
+def test_the_textual_inversion_trainer_keeps_the_same_token_rule(token: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "data" / "a.png")
+    before = snapshot(tmp_path)
+    done = sdkit("train", "textual-inversion", "-d", tmp_path / "data", "--token", token, "--init-token", "dog",
+                 "--max-steps", "1", "-o", tmp_path / "o")  # fmt: skip
+    assert_refused(done, "--token", "a token must be one word without spaces or ':'", f"(got {token!r})")
+    assert snapshot(tmp_path) == before
