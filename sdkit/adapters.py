@@ -12,20 +12,25 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
+from typing import Any
 
 from sdkit.errors import UserError
-from sdkit.models import check_pickle_allowed, check_safetensors
 from sdkit.schema.adapters import EmbeddingRef, LoraRef
+from sdkit.weightfiles import check_weights, quiet_libraries, refusing_code
 
 LORA_KEY_SUFFIX = re.compile(r"\.(lora_[AB]|lora\.(down|up)|lora_(down|up)|lora_linear_layer\.(down|up))(\.weight)?$")
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, "
+    r"the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
 
 
 def check_file(path: Path, flag: str, allow_pickle: bool) -> None:
-    if not Path(path).is_file():
+    """A LoRA or embedding file that exists and is safetensors (or, with `allow_pickle`, a torch pickle), by content."""
+    path = Path(path)
+    if not path.is_file():
         raise UserError(f"{flag} {path}: no such file")
-    check_pickle_allowed(Path(path), allow_pickle)
-    if Path(path).suffix == ".safetensors":
-        check_safetensors(Path(path))
+    check_weights(path, flag, allow_pickle)
 
 
 def _tuned_modules(pipe, adapter: str) -> int:
@@ -57,19 +62,23 @@ def _load_lora(pipe, path: Path, adapter: str) -> None:
 
 
 def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
-    """Load every LoRA as a named adapter, check it fits fully, then set the weights (and optionally fuse)."""
+    """Load every LoRA as a named adapter, check it fits fully, then set the weights (and optionally fuse).
+
+    diffusers, transformers and peft are kept quiet while a LoRA loads: a misfit logs one line per layer (over a
+    hundred on SDXL) before the exception that sdkit reports in one line."""
     names = []
     for i, lora in enumerate(loras):
         adapter = f"lora{i}_{Path(lora.path).stem}"[:60]
-        state_dict, _alphas = pipe.lora_state_dict(str(lora.path))
-        expected = {LORA_KEY_SUFFIX.sub("", k) for k in state_dict if LORA_KEY_SUFFIX.search(k)}
-        try:
-            _load_lora(pipe, Path(lora.path), adapter)
-        except (ValueError, RuntimeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"--lora {lora.path} does not fit this model ({first}): was it trained for another base (e.g. SDXL vs SD 1.x)?"
-            ) from None
+        with quiet_libraries(), refusing_code([Path(lora.path)]):
+            state_dict, _alphas = pipe.lora_state_dict(str(lora.path))
+            expected = {LORA_KEY_SUFFIX.sub("", k) for k in state_dict if LORA_KEY_SUFFIX.search(k)}
+            try:
+                _load_lora(pipe, Path(lora.path), adapter)
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise UserError(
+                    f"--lora {lora.path} does not fit this model ({_misfit(err)}): was it trained for another base "
+                    "(e.g. SDXL vs SD 1.x)?"
+                ) from None
         loaded = _tuned_modules(pipe, adapter)
         if loaded == 0:
             raise UserError(f"--lora {lora.path} matches no layer of this model: it was trained for another architecture")
@@ -84,14 +93,63 @@ def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
         pipe.fuse_lora(adapter_names=names)
 
 
+def _misfit(err: BaseException) -> str:
+    """A short cause from diffusers'/peft's error (the first mismatched layer, not the whole list)."""
+    text = str(err)
+    found = SIZE_MISMATCH.search(text)
+    if found:
+        key, theirs, ours = found.groups()
+        layer = re.sub(r"\.lora_[AB]\.[^.]+\.weight$", "", key)  # the model's layer, without peft's adapter name
+        return f"layer {layer} is {theirs} in the file, {ours} in this model"
+    if "ignore_mismatched_sizes" in text:  # transformers' text-encoder report (silenced) holds the details
+        return "its text-encoder layers have other sizes than this model's"
+    if "not found in the base model" in text:
+        return "none of its layers exist in this model"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def _embedding_vectors(state: Any, path: Path):
+    """The vectors of a loaded embedding (diffusers: {token: tensor}; A1111: string_to_param["*"]; a bare tensor)."""
+    import torch
+
+    if isinstance(state, dict) and "string_to_param" in state and isinstance(state["string_to_param"], dict):
+        vectors = state["string_to_param"].get("*")
+    elif isinstance(state, dict) and len(state) == 1:
+        vectors = next(iter(state.values()))
+    else:
+        vectors = state
+    if not isinstance(vectors, torch.Tensor) or vectors.ndim not in (1, 2):
+        what = f"keys {', '.join(map(str, list(state)[:4]))}" if isinstance(state, dict) else type(state).__name__
+        raise UserError(
+            f"--embedding {path} is not a textual-inversion embedding ({what}): give one token's vectors "
+            "(diffusers {token: tensor}, or A1111's format)"
+        )
+    if vectors.numel() == 0:
+        raise UserError(
+            f"--embedding {path} has 0 vectors (shape {tuple(vectors.shape)}): the file is empty or damaged; "
+            "train or download the embedding again"
+        )
+    return vectors
+
+
 def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
-    """Load textual-inversion embeddings into the (first) text encoder, with one-line errors."""
+    """Load textual-inversion embeddings into the (first) text encoder, with one-line errors.
+
+    The file is read with diffusers' own `load_textual_inversion_state_dicts` (safetensors, else torch's weights_only
+    loader) and checked before `load_textual_inversion` gets the loaded state."""
+    from diffusers.loaders.textual_inversion import load_textual_inversion_state_dicts
+
     for emb in embeddings:
         vocab = pipe.tokenizer.get_vocab()
         if emb.token is not None and (emb.token in vocab or f"{emb.token}</w>" in vocab):
             raise UserError(f"--embedding {emb.path}: token {emb.token!r} is already in the vocabulary: choose another (PATH:TOKEN)")
+        with quiet_libraries(), refusing_code([Path(emb.path)]):
+            state = load_textual_inversion_state_dicts([str(emb.path)])[0]
+        _embedding_vectors(state, Path(emb.path))
         try:
-            pipe.load_textual_inversion(str(emb.path), token=emb.token)
+            with quiet_libraries():
+                pipe.load_textual_inversion(state, token=emb.token)
         except ValueError as err:
             first = str(err).strip().splitlines()[0][:200]
             if "already in tokenizer vocabulary" in first:

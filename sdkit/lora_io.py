@@ -148,7 +148,9 @@ def mixed_unet_keys_renamed(path: Path) -> dict[str, Any] | None:
     before its UNet layers were saved in peft's names only (LoRAs on attention and convolutions)."""
     from safetensors import safe_open
 
-    if Path(path).suffix != ".safetensors":
+    from sdkit.weightfiles import SAFETENSORS, weights_format
+
+    if weights_format(Path(path)) != SAFETENSORS:  # by content: a pickled LoRA is diffusers' to load
         return None
     with safe_open(str(path), framework="pt") as f:  # the header only: most files are not mixed
         unet = [k for k in f.keys() if k.startswith("unet.")]

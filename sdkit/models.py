@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import re
 import sys
 import tempfile
@@ -19,6 +18,16 @@ from pathlib import Path
 from types import MappingProxyType
 
 from sdkit.errors import UserError
+from sdkit.weightfiles import (
+    NOT_WEIGHTS_FIX,
+    PICKLE,
+    SAFETENSORS,
+    check_safetensors,
+    check_weights,
+    quiet_libraries,
+    refusing_code,
+    weights_format,
+)
 
 ASSETS = Path(__file__).parent / "assets"
 ALIASES = MappingProxyType(
@@ -34,7 +43,6 @@ ALIASES = MappingProxyType(
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MAX_HEADER = 100 * 2**20
 
 
 @dataclass(frozen=True)
@@ -52,42 +60,6 @@ class ModelRef:
         return Path(self.location).stem if self.kind != "hub" else self.location.split("/")[-1]
 
 
-def check_safetensors(path: Path) -> None:
-    """Raise a UserError unless `path` is a complete safetensors file (header and data length agree)."""
-    size = path.stat().st_size
-    if size == 0:
-        raise UserError(f"{path} is empty (0 bytes): download it again")
-    with path.open("rb") as f:
-        head = f.read(64)
-        if head.startswith(b"version https://git-lfs"):
-            raise UserError(f"{path} is a git-LFS pointer, not the weights: run `git lfs pull` in its repository")
-        if head.startswith(b"PK"):
-            raise UserError(f"{path} is a zip (a pickled torch file renamed .safetensors), not safetensors: convert it or use the real file")
-        if head.lstrip().startswith(b"<"):
-            raise UserError(f"{path} is an HTML page, not weights (a failed download?): download the file again")
-        length = int.from_bytes(head[:8], "little") if size >= 8 else -1
-        if not 2 <= length <= min(MAX_HEADER, size - 8):
-            raise UserError(f"{path} is not a safetensors file (bad header length): check the file or download it again")
-        f.seek(8)
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{path} is not a safetensors file (unreadable header): download it again") from None
-    if not isinstance(header, dict):
-        raise UserError(f"{path} is not a safetensors file (header is not a table): download it again")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)), default=0)
-    if 8 + length + end > size:
-        raise UserError(f"{path} is truncated ({size} bytes, needs {8 + length + end}): download it again")
-
-
-def check_pickle_allowed(path: Path, allow_pickle: bool) -> None:
-    if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-        raise UserError(
-            f"{path} is a pickle file ({path.suffix}), which can run code when loaded: "
-            "use a .safetensors file, or pass --allow-pickle to load it with torch's weights_only=True"
-        )
-
-
 def _check_folder(folder: Path, allow_pickle: bool) -> None:
     index = folder / "model_index.json"
     if not index.is_file():
@@ -103,12 +75,15 @@ def _check_folder(folder: Path, allow_pickle: bool) -> None:
         sub = folder / name
         if name.startswith("_") or not isinstance(value, list) or value[0] is None or not sub.is_dir():
             continue
-        safetensors = sorted(sub.glob("*.safetensors"))
-        for file in safetensors:
-            check_safetensors(file)
-        pickles = sorted(p for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles and not safetensors:
-            check_pickle_allowed(pickles[0], allow_pickle)
+        files = sorted(p for p in sub.iterdir() if p.suffix in SINGLE_FILE_SUFFIXES and p.is_file())
+        safetensors = [p for p in files if p.suffix == ".safetensors"]
+        for file in safetensors or files:  # the files diffusers loads: safetensors where present, else the pickles
+            check_weights(file, "", allow_pickle, by_name=True)
+
+
+def _pickle_files(folder: Path) -> list[Path]:
+    """The files of a pipeline folder's components that diffusers may unpickle (named .bin, .ckpt, ...)."""
+    return sorted(p for p in folder.glob("*/*") if p.suffix in PICKLE_SUFFIXES and p.is_file())
 
 
 def hash_cache_file() -> Path:
@@ -178,11 +153,13 @@ def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = Tr
         _check_folder(path, allow_pickle)
         return ModelRef(ref, "folder", str(path.resolve()), content_hash(path) if hash_local else None)
     if path.is_file():
-        if path.suffix not in SINGLE_FILE_SUFFIXES:
-            raise UserError(f"{path} is not a model: give a diffusers folder or a .safetensors checkpoint")
-        check_pickle_allowed(path, allow_pickle)
-        if path.suffix == ".safetensors":
-            check_safetensors(path)
+        kind = weights_format(path)
+        if kind not in (SAFETENSORS, PICKLE) and path.suffix != ".safetensors" and kind not in NOT_WEIGHTS_FIX:
+            raise UserError(
+                f"{path} is not a model (it is {kind}, neither safetensors nor a torch pickle): give a diffusers "
+                "folder or a .safetensors checkpoint"
+            )
+        check_weights(path, "", allow_pickle, by_name=True)  # a pickle needs --allow-pickle whatever its name
         return ModelRef(ref, "file", str(path.resolve()), content_hash(path) if hash_local else None)
     if ref.strip().lower() == "shapes":
         raise UserError(f"the embedded shapes model is missing from {path}: reinstall sdkit (pip install -e .)")
@@ -196,7 +173,7 @@ def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = Tr
 
 def _is_sdxl_file(path: Path) -> bool:
     """Whether a single-file checkpoint is SDXL (it has the second text encoder); pickles are assumed SD 1.x/2.x."""
-    if path.suffix != ".safetensors":
+    if weights_format(path) != SAFETENSORS:
         return False
     from safetensors import safe_open
 
@@ -235,24 +212,23 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
     safe = {"use_safetensors": None if allow_pickle else True}
     if model.kind == "file":
         cls = diffusers.StableDiffusionXLPipeline if _is_sdxl_file(Path(model.location)) else diffusers.StableDiffusionPipeline
-        return cls.from_single_file(model.location, dtype=torch_dtype)
+        with quiet_libraries(), refusing_code([Path(model.location)]):
+            return cls.from_single_file(model.location, dtype=torch_dtype)
     extra = {}
     loader_name = "AutoPipelineForText2Image"
+    pickles: list[Path] = []
     if model.kind == "folder":
         index = json.loads((Path(model.location) / "model_index.json").read_text())
         if "safety_checker" in index:
             extra = {"safety_checker": None, "requires_safety_checker": False}
         if index.get("_class_name") in TEXT2IMAGE_CLASSES:  # the class itself: diffusers' auto_pipeline module imports
             loader_name = index["_class_name"]  # every pipeline family (≈ 0.5 s of every `sdkit generate`)
+        pickles = _pickle_files(Path(model.location)) if allow_pickle else []
     try:
-        return getattr(diffusers, loader_name).from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
-    except (OSError, pickle.UnpicklingError) as err:
-        refused = _unpickling_error(err)
-        if refused is not None:
-            raise UserError(
-                f"{model.location}: a pickle file was refused by torch's weights_only loader "
-                f"({str(refused).splitlines()[0][:120]}): it holds more than tensors; use safetensors from a trusted source"
-            ) from None
+        # quiet: with --allow-pickle diffusers logs an error for each component without safetensors, then loads the .bin
+        with quiet_libraries(), refusing_code(pickles, model.location):
+            return getattr(diffusers, loader_name).from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
+    except OSError as err:
         if model.kind != "hub":
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -260,13 +236,3 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
             f"could not load {model.location!r} from the Hugging Face Hub ({first[:160]}): check the id and your "
             "network (HF_HUB_OFFLINE=1 uses only the local cache), or pass a local diffusers folder"
         ) from None
-
-
-def _unpickling_error(err: BaseException | None) -> BaseException | None:
-    """The UnpicklingError behind `err` (diffusers re-raises it as OSError), if any."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, pickle.UnpicklingError):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None

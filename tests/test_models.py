@@ -66,7 +66,7 @@ def test_malicious_pickle_is_refused_even_with_opt_in(tiny_sd_dir: Path, tmp_pat
     with (folder / "unet" / "diffusion_pytorch_model.bin").open("wb") as f:
         pickle.dump({"weight": Payload(marker)}, f)
     result = invoke("generate", "a cat", "-m", folder, "--steps", "2", "--allow-pickle", "-o", tmp_path / "o")
-    assert_user_error(result, "weights_only")
+    assert_user_error(result, f"refused: {folder / 'unet' / 'diffusion_pytorch_model.bin'}", "weights_only")
     assert not marker.exists()
     assert not (tmp_path / "o").exists()
 
@@ -96,3 +96,34 @@ def test_content_hash_is_remembered_until_a_file_changes(tiny_sd_dir: Path, tmp_
     # A damaged cache file is ignored (and rewritten), never an error.
     hash_cache_file().write_text("{not json")
     assert content_hash(folder) == changed and json.loads(hash_cache_file().read_text())
+
+
+def test_weights_format_reads_the_bytes_not_the_name(tmp_path: Path) -> None:
+    import tarfile
+    import zipfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sdkit.weightfiles import PICKLE, SAFETENSORS, weights_format
+
+    tensors = {"w": torch.ones(2, 2)}
+    save_file(tensors, tmp_path / "st.ckpt")
+    torch.save(tensors, tmp_path / "zip.safetensors")
+    torch.save(tensors, tmp_path / "legacy", _use_new_zipfile_serialization=False)
+    (tmp_path / "raw").write_bytes(pickle.dumps([1.0], protocol=2))
+    with tarfile.open(tmp_path / "old.tar", "w") as tar:  # torch's pre-1.6 tar layout has a member named "pickle"
+        (tmp_path / "pickle").write_bytes(pickle.dumps({}, protocol=2))
+        tar.add(tmp_path / "pickle", arcname="pickle")
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    (tmp_path / "text").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "page").write_text("<!DOCTYPE html><html><body>404</body></html>")
+    (tmp_path / "noise").write_bytes(bytes(range(256)))
+    expected = {
+        "st.ckpt": SAFETENSORS, "zip.safetensors": PICKLE, "legacy": PICKLE, "raw": PICKLE, "old.tar": PICKLE,
+        "docs.zip": "a zip archive without a torch pickle", "text": "text", "empty": "empty", "page": "an HTML page",
+        "noise": "unrecognised bytes",
+    }  # fmt: skip
+    assert {name: weights_format(tmp_path / name) for name in expected} == expected

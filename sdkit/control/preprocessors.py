@@ -29,6 +29,7 @@ from sdkit.control.weights import DEFAULT_REPO, weights_folder
 from sdkit.control.weights import annotators_dir as resolve_dir
 from sdkit.errors import UserError
 from sdkit.schema.control import CONTROL_TYPES, OPTIONS, parse_options
+from sdkit.weightfiles import refusing_code
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -255,7 +256,10 @@ def preprocess(
     opts = check_options(kind, options)
     folder = weights_for(kind, annotators_dir)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    result = detector.run(rgb, opts, folder, device)
+    weights = [folder / name for entry in detector.files for name in entry.split("|")] if folder else []
+    fix = f"use the file from the hub repository {detector.repo}"
+    with refusing_code([w for w in weights if w.is_file()], folder, fix):  # .pth files are pickles: weights_only refuses code
+        result = detector.run(rgb, opts, folder, device)
     result = np.repeat(result[:, :, None], 3, axis=2) if result.ndim == 2 else result[:, :, :3]
     height, width = rgb.shape[:2]
     if result.shape[:2] != (height, width):

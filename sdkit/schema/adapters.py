@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.base import Schema
+
+TOKEN_RULE = "a token must be one word without spaces or ':', e.g. <my-thing>"
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` cannot name an embedding (None if it can): prompts are split into words at spaces, and
+    `--embedding PATH:TOKEN` at the first ':' of the file name. (Validation errors add "(got TOKEN)".)"""
+    if not token or any(c.isspace() or c == ":" for c in token):
+        return TOKEN_RULE
+    return None
 
 
 def _split(value: str, cast) -> tuple[str, Any]:
@@ -46,8 +56,17 @@ class EmbeddingRef(Schema):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            path, token = _split(value, str)
-            return {"path": path} if token is None else {"path": path, "token": token}
+            cut = max(value.rfind("/"), value.rfind("\\")) + 1  # the token starts at the file name's first ':'
+            name, sep, token = value[cut:].partition(":")
+            return {"path": value[:cut] + name, "token": token} if sep else {"path": value}
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        problem = None if value is None else token_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sdkit.schema.adapters import token_problem
 from sdkit.schema.base import Schema, cli
 from sdkit.schema.train import TimestepBias, TrainCommon
 
@@ -192,8 +193,9 @@ class TrainTextualInversionRecipe(FinetuneCommon):
     @field_validator("token")
     @classmethod
     def _one_word(cls, value: str) -> str:
-        if not value.strip() or any(c.isspace() for c in value):
-            raise ValueError(f"token must be one word without spaces, e.g. <my-thing> (got {value!r})")
+        problem = token_problem(value)  # the rule `--embedding PATH:TOKEN` applies when the result is used
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("caption_templates")
