@@ -309,13 +309,14 @@ def run_generate_group(group: list[Job], outputs: dict[str, str], cache: Pipelin
 
     from sdkit.outputs import next_index
     from sdkit.recipes import generate
+    from sdkit.schema.generate import SEED_RANGE
 
     recipes = []
     for job in group:
         recipe = resolve_references(job, outputs)
         recipes.append(recipe)
         outputs[job.name] = str(recipe.out)
-    seeds = [r.seed if r.seed is not None else secrets.randbelow(2**32) for r in recipes]
+    seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in recipes]
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
