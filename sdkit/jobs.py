@@ -247,27 +247,6 @@ def check_references(jobs: list[Job]) -> None:
         seen.add(job.name)
 
 
-def dry_run(jobs: list[Job]) -> None:
-    """Check what can be checked without loading weights: references, models, schedulers, generate inputs."""
-    from sdkit import schedulers
-    from sdkit.models import resolve_model
-
-    check_references(jobs)
-    for job in jobs:
-        if "${jobs." in str(job.raw):
-            continue
-        recipe = job.task.schema.model_validate(job.raw)
-        if job.task.name == "generate":
-            from sdkit.recipes.generate import check
-
-            check(recipe)
-            continue
-        if getattr(recipe, "model", None):
-            resolve_model(recipe.model, hash_local=False)
-        if getattr(recipe, "scheduler", None):
-            schedulers.resolve(recipe.scheduler)
-
-
 def run_jobs(jobs: list[Job], cache: PipelineCache | None = None) -> dict[str, str]:
     """Run the jobs in order, one pipeline cache for the whole run; returns each named job's output.
 

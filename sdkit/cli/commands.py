@@ -135,7 +135,7 @@ def run_command(
 
     import yaml
 
-    from sdkit.jobs import dry_run as check_jobs
+    from sdkit.dryrun import dry_run as check_jobs
     from sdkit.jobs import load_file, run_jobs
     from sdkit.outputs import OUTPUT_ROOT_ENV
 
