@@ -68,13 +68,13 @@ def replay(
         bool, typer.Option("--allow-pickle", help="Allow pickled weights (never taken from the image).")
     ] = False,
 ) -> None:
-    """The image is untrusted: where to write and whether pickles may load come from this command line only, and
-    the files its recipe names are listed on stderr before anything is loaded."""
+    """The image is untrusted: where to write and whether pickles may load come from this command line only, one
+    image is made whatever num_images says, and the files its recipe names are listed on stderr before loading."""
     from sdkit.progress import warn
     from sdkit.recipes import generate as task
 
     record, recipe = recorded(image, "replay")
-    recipe = recipe.model_copy(update={"out": out, "allow_pickle": allow_pickle})
+    recipe = recipe.model_copy(update={"out": out, "allow_pickle": allow_pickle, "num_images": 1})  # one image recorded
     model, _ = task.check(recipe)
     for line in files_used(recipe, model):
         print(f"replay: {line}", file=sys.stderr)

@@ -114,11 +114,12 @@ def test_replay_never_takes_allow_pickle_or_out_from_the_image(made: Path, tmp_p
 
 def test_replay_allow_pickle_comes_from_the_command_line(made: Path, tmp_path: Path, tiny_sd_dir: Path) -> None:
     model = pickled_model(tiny_sd_dir, tmp_path / "pickled-model")
-    png = crafted_recipe(made, tmp_path / "pickled.png", model=model, out=tmp_path / "elsewhere")
+    png = crafted_recipe(made, tmp_path / "pickled.png", model=model, out=tmp_path / "elsewhere", num_images=3)
     assert_refused(sdkit("replay", png, "-o", tmp_path / "o", cwd=tmp_path), "pickle", "--allow-pickle")
     proc = sdkit("replay", png, "--allow-pickle", "-o", tmp_path / "o", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"replay: uses model {model.resolve()} (folder" in proc.stderr
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [f"00001-{SEED}.png"]  # one image, whatever num_images says
     assert (pixels(tmp_path / "o" / f"00001-{SEED}.png") == pixels(made)).all()  # the same weights, pickled
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "outputs").exists()
 
