@@ -12,11 +12,16 @@
 
 Precedence: schema default < `defaults:` < the job's own keys < `--set`. Every job is validated against its task's
 schema before anything runs, and errors name the file, line and key: `recipe.yaml:12 jobs[1].cfg: ...`.
+
+Limits (exit 2 before anything runs): a file expands to at most `MAX_JOBS` (10,000) jobs, sweeps included, and its
+jobs hold at most `MAX_JOB_VALUES` (1,000,000) values in all (each sweep point repeats its job's fields). The YAML
+itself is read within sdkit.recipefile's limits (size, nesting, aliases, duplicate keys), `--set` values included.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import sys
@@ -25,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdkit.errors import UserError
-from sdkit.recipefile import LineMap, describe, load_yaml
+from sdkit.recipefile import MAX_YAML_VALUES, LineMap, describe, load_yaml, parse_yaml
 from sdkit.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 VAR = re.compile(r"\$\{([^}]+)\}")
 JOB_KEYS = ("task", "name", "sweep")
+MAX_JOBS = 10_000
+MAX_JOB_VALUES = MAX_YAML_VALUES
 
 
 @dataclass
@@ -69,12 +76,10 @@ def _expand_env(value: Any, where: str) -> Any:
 
 def apply_set(data: Any, assignment: str) -> Any:
     """`--set jobs.1.cfg=3` (or `defaults.steps=10`, or `cfg=3` in a one-job file): YAML-typed value at a dotted path."""
-    import yaml
-
     path, sep, text = assignment.partition("=")
     if not sep or not path:
         raise UserError(f"--set {assignment!r}: write KEY=VALUE, e.g. --set jobs.0.cfg=5")
-    value = yaml.safe_load(text) if text else ""
+    value = parse_yaml(text, f"--set {assignment}", numbered=False) if text else ""
     parts = [p for p in re.split(r"[.\[\]]+", path) if p]
     node = data
     for i, part in enumerate(parts):
@@ -117,12 +122,11 @@ def load_file(path: Path, sets: list[str] | tuple[str, ...] = ()) -> list[Job]:
     if not isinstance(defaults, dict):
         raise UserError(f"{path}: defaults: must be a mapping")
 
+    check_size(path, jobs, defaults, prefix)
     out: list[Job] = []
     used_defaults: set[str] = set()
     for index, job in enumerate(jobs):
-        where = f"{path}:{getattr(job, 'lines', {}).get('task', '?')} {prefix.format(index)}".rstrip(". ")
-        if not isinstance(job, dict):
-            raise UserError(f"{path} {prefix.format(index)}: each job must be a mapping with a task: key")
+        where = _where(path, job, prefix.format(index))
         task = get_task(job.get("task", "generate"))
         names = set(task.schema.model_fields)
         used_defaults |= names & set(defaults)
@@ -131,8 +135,6 @@ def load_file(path: Path, sets: list[str] | tuple[str, ...] = ()) -> list[Job]:
         fields.lines = {**getattr(defaults, "lines", {}), **getattr(job, "lines", {})}
         fields = _expand_env(fields, where)
         axes = job.get("sweep") or {}
-        if not isinstance(axes, dict) or any(not isinstance(v, list) or not v for v in axes.values()):
-            raise UserError(f"{where} sweep: must map field names to non-empty lists of values")
         unknown = sorted(set(axes) - names)
         if unknown:
             raise UserError(f"{where} sweep.{unknown[0]}: {task.name} has no field {unknown[0]!r}")
@@ -147,6 +149,50 @@ def load_file(path: Path, sets: list[str] | tuple[str, ...] = ()) -> list[Job]:
     if unused:
         raise UserError(f"{path}:{defaults.lines.get(unused[0], '?')} defaults.{unused[0]}: no job's task has this field")
     return out
+
+
+def _where(path: Path, job: Any, prefix: str) -> str:
+    return f"{path}:{getattr(job, 'lines', {}).get('task', '?')} {prefix}".rstrip(". ")
+
+
+def check_size(path: Path, jobs: list[Any], defaults: dict[str, Any], prefix: str) -> None:
+    """Before validating anything: every job is a mapping with a well-formed sweep, and the file expands to at most
+    MAX_JOBS jobs holding at most MAX_JOB_VALUES values (a sweep point repeats its job's fields and the defaults)."""
+    total_jobs = total_values = 0
+    shared = count_values(defaults, MAX_JOB_VALUES)
+    for index, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise UserError(f"{path} {prefix.format(index)}: each job must be a mapping with a task: key")
+        axes = job.get("sweep") or {}
+        if not isinstance(axes, dict) or any(not isinstance(v, list) or not v for v in axes.values()):
+            raise UserError(f"{_where(path, job, prefix.format(index))} sweep: must map field names to non-empty lists of values")
+        points = math.prod(len(values) for values in axes.values())
+        total_jobs += points
+        total_values += points * (count_values(job, MAX_JOB_VALUES) + shared)
+    if total_jobs > MAX_JOBS:
+        raise UserError(
+            f"{path}: expands to {total_jobs:,} jobs (a sweep runs every combination of its lists), more than the limit "
+            f"of {MAX_JOBS:,}: sweep fewer values or split the work into several files"
+        )
+    if total_values > MAX_JOB_VALUES:
+        raise UserError(
+            f"{path}: its {total_jobs:,} jobs hold {total_values:,} values in all (each sweep point repeats its job's "
+            f"fields), more than the limit of {MAX_JOB_VALUES:,}: sweep fewer values or make the jobs smaller"
+        )
+
+
+def count_values(value: Any, cap: int) -> int:
+    """How many values (scalars, lists, mappings, keys) `value` holds, counting shared ones each time; stops past `cap`."""
+    count, todo = 0, [value]
+    while todo and count <= cap:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return count
 
 
 def _validate(task: Task, fields: LineMap, path: Path, prefix: str) -> None:
@@ -201,27 +247,6 @@ def check_references(jobs: list[Job]) -> None:
         seen.add(job.name)
 
 
-def dry_run(jobs: list[Job]) -> None:
-    """Check what can be checked without loading weights: references, models, schedulers, generate inputs."""
-    from sdkit import schedulers
-    from sdkit.models import resolve_model
-
-    check_references(jobs)
-    for job in jobs:
-        if "${jobs." in str(job.raw):
-            continue
-        recipe = job.task.schema.model_validate(job.raw)
-        if job.task.name == "generate":
-            from sdkit.recipes.generate import check
-
-            check(recipe)
-            continue
-        if getattr(recipe, "model", None):
-            resolve_model(recipe.model, hash_local=False)
-        if getattr(recipe, "scheduler", None):
-            schedulers.resolve(recipe.scheduler)
-
-
 def run_jobs(jobs: list[Job], cache: PipelineCache | None = None) -> dict[str, str]:
     """Run the jobs in order, one pipeline cache for the whole run; returns each named job's output.
 
@@ -263,13 +288,14 @@ def run_generate_group(group: list[Job], outputs: dict[str, str], cache: Pipelin
 
     from sdkit.outputs import next_index
     from sdkit.recipes import generate
+    from sdkit.schema.generate import SEED_RANGE
 
     recipes = []
     for job in group:
         recipe = resolve_references(job, outputs)
         recipes.append(recipe)
         outputs[job.name] = str(recipe.out)
-    seeds = [r.seed if r.seed is not None else secrets.randbelow(2**32) for r in recipes]
+    seeds = [r.seed if r.seed is not None else secrets.randbelow(SEED_RANGE) for r in recipes]
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 

@@ -123,25 +123,68 @@ def infotext(prompt: str, negative: str, fields: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MAX_RECIPE_TEXT = 2**20  # 1 MiB: Pillow's own bound on one decompressed text chunk (PngImagePlugin.MAX_TEXT_CHUNK)
+RECORD_FIELDS = {"recipe": (dict, "an object"), "task": (str, "a string"), "sdkit": (str, "a string"), "model": (dict, "an object")}
+
+
 def read_text_chunks(path: Path) -> dict[str, str]:
-    """The PNG text chunks of an image, or a UserError when it is not a readable PNG."""
-    from PIL import Image, UnidentifiedImageError
+    """The PNG text chunks of an image, or a UserError when it is not a readable PNG. Decodes no pixels.
+
+    The image comes from anyone, so its text is read within Pillow's limits: 1 MiB per compressed chunk
+    (`PngImagePlugin.MAX_TEXT_CHUNK`) and 64 MiB for all text chunks together (`MAX_TEXT_MEMORY`); past them Pillow
+    raises ValueError, reported here as bad input. Chunks written before the pixel data (where sdkit writes them)
+    are read from the header; chunks after it only when the image is within sdkit.images.MAX_PIXELS."""
+    from PIL import UnidentifiedImageError
+
+    from sdkit.images import MAX_PIXELS, open_header
 
     try:
-        with Image.open(path) as img:
-            return dict(getattr(img, "text", {}) or {})
+        with open_header(path, str(path)) as img:
+            chunks = {k: str(v) for k, v in img.info.items() if isinstance(v, str)}
+            if "sdkit" not in chunks and img.format == "PNG" and img.width * img.height <= MAX_PIXELS:
+                chunks = {**chunks, **img.text}  # Pillow decodes the image to reach chunks after the pixel data
+            return chunks
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: give the path of a PNG written by sdkit") from None
+    except ValueError as err:  # Pillow's text limits (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY)
+        raise UserError(f"{path}: its text chunks are too large to read ({err}): not a PNG that sdkit wrote") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path} is not a readable image ({err}): give a PNG written by sdkit") from None
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
-    """The `sdkit` JSON chunk of a PNG written by sdkit."""
+    """The `sdkit` JSON chunk of a PNG written by sdkit, checked for shape: a mapping whose `recipe` is a mapping.
+
+    The chunk may have been written by anyone: it is refused past MAX_RECIPE_TEXT characters (sdkit writes a few
+    KB) before it is parsed, and a JSON value of the wrong shape is bad input, not a crash later."""
     chunks = read_text_chunks(path)
     if "sdkit" not in chunks:
         raise UserError(f"{path} has no sdkit metadata (was it written by sdkit, and not re-saved?)")
+    text = chunks["sdkit"]
+    if len(text) > MAX_RECIPE_TEXT:
+        raise UserError(
+            f"{path}: its sdkit metadata is {len(text):,} characters, more than the limit of {MAX_RECIPE_TEXT:,} "
+            "(sdkit writes a few thousand): not a recipe sdkit wrote"
+        )
     try:
-        return json.loads(chunks["sdkit"])
-    except json.JSONDecodeError:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(f"{path}: its sdkit metadata is not valid JSON (was the file edited?)") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: its sdkit metadata is a JSON {_json_type(record)}, not an object: not a recipe sdkit wrote")
+    if "recipe" not in record:
+        raise UserError(f"{path}: its sdkit metadata has no recipe: not a recipe sdkit wrote")
+    for key, (kind, name) in RECORD_FIELDS.items():
+        if key in record and not isinstance(record[key], kind):
+            raise UserError(
+                f"{path}: in its sdkit metadata, {key} is a JSON {_json_type(record[key])}, not {name}: not a recipe sdkit wrote"
+            )
+    sha256 = record.get("model", {}).get("sha256")
+    if sha256 is not None and not isinstance(sha256, str):
+        raise UserError(f"{path}: in its sdkit metadata, model.sha256 is a JSON {_json_type(sha256)}, not a string: not a recipe sdkit wrote")
+    return record
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -11,6 +11,7 @@ import typer
 
 from sdkit.cli import COMMANDS, build_recipe, guarded
 from sdkit.cli.options import schema_parameters, with_parameters
+from sdkit.errors import UserError
 from sdkit.schema.generate import GenerateRecipe
 
 app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdkit.cli.COMMANDS lists them
@@ -40,37 +41,71 @@ app.command("generate", help=COMMANDS["generate"][2])(with_parameters(guarded(ge
 def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")]) -> None:
     import yaml
 
-    from sdkit.outputs import read_recipe
-
-    record = read_recipe(image)
+    record, _ = recorded(image, "info")
     model = record.get("model", {})
     print(f"# sdkit {record.get('sdkit')} {record.get('task')}; model {model.get('ref')} sha256 {model.get('sha256')}")
     print(yaml.safe_dump({"task": record.get("task"), **record["recipe"]}, sort_keys=False), end="")
+
+
+def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
+    """The sdkit record of a PNG and its recipe, validated as a GenerateRecipe (only generate writes recipes into
+    images): a malformed record in anyone's PNG is bad input (exit 2 naming the field), never a crash."""
+    from sdkit.outputs import read_recipe
+    from sdkit.recipefile import validate
+
+    record = read_recipe(image)
+    if record.get("task") != "generate":
+        raise UserError(f"{image} was made by task {record.get('task')!r}; sdkit {command} reads generate recipes only")
+    return record, validate(GenerateRecipe, record["recipe"], f"{image} (sdkit metadata)")
 
 
 @app.command("replay", help=COMMANDS["replay"][2])
 @guarded
 def replay(
     image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: the recorded one).")] = None,  # noqa: UP045
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never the one recorded in the image).")] = Path("outputs"),
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Allow pickled weights (never taken from the image).")
+    ] = False,
 ) -> None:
-    from sdkit.models import resolve_model
-    from sdkit.outputs import read_recipe
+    """The image is untrusted: where to write and whether pickles may load come from this command line only, one
+    image is made whatever num_images says, and the files its recipe names are listed on stderr before loading."""
     from sdkit.progress import warn
-    from sdkit.recipefile import validate
     from sdkit.recipes import generate as task
 
-    record = read_recipe(image)
-    if record.get("task") != "generate":
-        raise typer.BadParameter(f"{image} was made by task {record.get('task')!r}; replay handles generate")
-    recipe = validate(GenerateRecipe, record["recipe"], f"{image} (sdkit metadata)")
-    if out is not None:
-        recipe = recipe.model_copy(update={"out": out})
-    recorded = record.get("model", {}).get("sha256")
-    now = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle).sha256
-    if recorded and now and recorded != now:
-        warn(f"model {recipe.model} changed since {image} was made (sha256 {recorded[:10]} → {now[:10]}): pixels will differ")
+    record, recipe = recorded(image, "replay")
+    recipe = recipe.model_copy(update={"out": out, "allow_pickle": allow_pickle, "num_images": 1})  # one image recorded
+    model, _ = task.check(recipe)
+    for line in files_used(recipe, model):
+        print(f"replay: {line}", file=sys.stderr)
+    recorded_sha = record.get("model", {}).get("sha256")
+    if recorded_sha and model.sha256 and recorded_sha != model.sha256:
+        warn(f"model {recipe.model} changed since {image} was made (sha256 {recorded_sha[:10]} → {model.sha256[:10]}): pixels will differ")
     task.run(recipe)
+
+
+def files_used(recipe: GenerateRecipe, model: Any) -> list[str]:
+    """What a recipe will read (the model, adapters, images, ControlNets, annotator weights) and where it writes,
+    one line each, paths made absolute: a recipe from someone else's PNG may name any file on this machine."""
+
+    def where(path: Path) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    lines = [f"model {model.location} ({model.kind}{', sha256 ' + model.sha256[:10] if model.sha256 else ''})"]
+    lines += [f"LoRA {where(lora.path)} (weight {lora.weight})" for lora in recipe.lora]
+    lines += [f"embedding {where(emb.path)}" + (f" (token {emb.token})" if emb.token else "") for emb in recipe.embedding]
+    if recipe.init_image:
+        lines.append(f"init image {where(recipe.init_image)}")
+    if recipe.mask:
+        lines.append(f"mask {where(recipe.mask)}")
+    for control in recipe.control:
+        net = recipe.controlnet_for(control) or f"the default {control.type} ControlNet"
+        lines.append(f"{control.type} control image {where(control.image)} with ControlNet {net}")
+    if recipe.control and recipe.annotators_dir:
+        lines.append(f"annotator weights from {where(recipe.annotators_dir)}")
+    if recipe.tiny_vae:
+        lines.append(f"tiny VAE {recipe.tiny_vae}")
+    return [f"uses {line}" for line in lines] + [f"writes into {where(recipe.out)}"]
 
 
 @app.command("schedulers", help=COMMANDS["schedulers"][2])
@@ -100,7 +135,7 @@ def run_command(
 
     import yaml
 
-    from sdkit.jobs import dry_run as check_jobs
+    from sdkit.dryrun import dry_run as check_jobs
     from sdkit.jobs import load_file, run_jobs
     from sdkit.outputs import OUTPUT_ROOT_ENV
 

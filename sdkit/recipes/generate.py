@@ -2,8 +2,8 @@
 
     sdkit generate "a red circle on a blue background" --seed 1 -o outputs
 
-Image k of a run is generated alone with seed + k, so every image can be replayed by itself bit-exactly on CPU
-(a batched forward pass differs from a single one by float rounding). Each image is written as soon as it is done.
+Image k of a run is generated alone with seed + k (mod 2^32), so every image can be replayed by itself bit-exactly on
+CPU (a batched forward pass differs from a single one by float rounding). Each image is written as soon as it is done.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sdkit.models import ModelRef, resolve_component, resolve_model
 from sdkit.outputs import check_output_dir, infotext, write_beside, write_png
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
-from sdkit.schema.generate import GenerateRecipe
+from sdkit.schema.generate import SEED_RANGE, GenerateRecipe, image_seed
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,7 +70,7 @@ def run(
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
     placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
-    seed = recipe.seed if recipe.seed is not None else secrets.randbelow(2**32)
+    seed = recipe.seed if recipe.seed is not None else secrets.randbelow(SEED_RANGE)
     todo = list(plan) if plan is not None else [(k, None) for k in range(recipe.num_images)]
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
@@ -100,11 +100,12 @@ def run(
         steps = effective_steps(recipe)
         with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) as advance:
             for k, index in todo:
-                image_recipe = recipe.model_copy(update={**fixed, "seed": seed + k})
-                image = denoise(pipe, call, seed + k, placement, advance)
-                path = write_png(Path(recipe.out), str(seed + k), image, metadata(image_recipe, model, width, height), index)
+                seed_k = image_seed(seed, k)
+                image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
+                image = denoise(pipe, call, seed_k, placement, advance)
+                path = write_png(Path(recipe.out), str(seed_k), image, metadata(image_recipe, model, width, height), index)
                 print(path, flush=True)
-                results.append(Result(path, seed + k, image, image_recipe))
+                results.append(Result(path, seed_k, image, image_recipe))
                 if k == 0:
                     for i, control in enumerate(controls):
                         write_beside(path, f"control-{i}-{recipe.control[i].type}", control.image)

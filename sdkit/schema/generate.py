@@ -1,13 +1,25 @@
-"""`GenerateRecipe`: one typed description of a txt2img / img2img / inpaint job (CLI flags and YAML resolve into it)."""
+"""`GenerateRecipe`: one typed description of a txt2img / img2img / inpaint job (CLI flags and YAML resolve into it).
+
+Seeds live in 0..2^32 - 1 (A1111's range). Image k of a run uses (seed + k) mod 2^32, so every seed written into an
+image is one that `--seed` accepts and `sdkit replay` reruns; `--seed -1` means a random seed, as in A1111.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.adapters import ControlRef, EmbeddingRef, LoraRef
 from sdkit.schema.base import Placement, Speed, cli
+
+SEED_RANGE = 2**32  # seeds are 0..SEED_RANGE - 1
+
+
+def image_seed(seed: int, k: int) -> int:
+    """The seed of image k (0-based) of a run: seed + k, wrapping past 2^32 - 1 to 0 so that it stays replayable."""
+    return (seed + k) % SEED_RANGE
 
 
 def _multiple_of_8(value: int | None, name: str) -> int | None:
@@ -40,7 +52,11 @@ class GenerateRecipe(Speed, Placement):
         None, ge=8, le=8192, description="Image height in px, a multiple of 8. Default: the model's size, or the init image's."
     )
     seed: int | None = Field(
-        None, ge=0, lt=2**63, description="Seed of image 1; image k uses seed + k - 1. Default: random (recorded in the output)."
+        None,
+        ge=-1,
+        lt=SEED_RANGE,
+        description="Seed of image 1, 0..4294967295 (2^32 - 1); image k uses seed + k - 1, wrapping to 0 past the top. "
+        "Default (or -1): random, recorded in the output.",
     )
     num_images: int = Field(1, ge=1, le=10000, description="How many images to generate.")
     init_image: Path | None = Field(None, description="Start image: img2img, or inpaint together with --mask.")
@@ -71,6 +87,16 @@ class GenerateRecipe(Speed, Placement):
     allow_pickle: bool = Field(
         False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."
     )
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_in_range(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value == -1:
+                return None  # random, as A1111's -1
+            if not 0 <= value < SEED_RANGE:
+                raise ValueError(f"seed must be in 0..{SEED_RANGE - 1} (2^32 - 1), or -1 for a random one (got {value})")
+        return value
 
     @field_validator("width")
     @classmethod
