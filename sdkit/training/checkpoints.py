@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdkit import atomic
 from sdkit.errors import SdkitError, UserError
 
 MARKER = "checkpoint.json"
@@ -129,6 +130,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, info: dict[str, An
             json.dump(marker, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        atomic.finish_tree(tmp)  # ordinary permissions (safetensors writes 0600 files) and every file on disk
         if final.exists():  # e.g. a run restarted from an older checkpoint reaches this step again
             old = root / f"{TMP_PREFIX}old-step-{step}"
             shutil.rmtree(old, ignore_errors=True)
