@@ -12,9 +12,9 @@ atomic and needs no space), flushed to disk (fsync), given the mode the umask gi
 result would be private to its owner. An interrupted or failed write leaves at most a dot-named temporary, which
 nothing mistakes for a result (and the next run's temporary gets a new name).
 
-The umask is read from /proc/self/status (Linux ≥ 4.7). Elsewhere it falls back to `os.umask(0)` followed by
+The umask is read from /proc/self/status (Linux ≥ 4.7). Elsewhere it falls back to `os.umask(0o022)` followed by
 restoring the old value: the only portable way to read it, but process-wide, so a thread creating a file in between
-would see umask 0. sdkit writes its results from the main thread, where that window is harmless.
+would see umask 022. sdkit writes its results from the main thread, where that window is harmless.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ def dir_mode() -> int:
     return 0o777 & ~umask()
 
 
-FULL_DISK_TEXTS = {  # how libraries that do not raise OSError word it (safetensors: "... (os error 28)")
-    "No space left on device": errno.ENOSPC, "os error 28)": errno.ENOSPC, "File too large": errno.EFBIG,
-    "os error 27)": errno.EFBIG, "Disk quota exceeded": errno.EDQUOT, "os error 122)": errno.EDQUOT,
-}  # fmt: skip
+FULL_DISK_TEXTS = (  # how libraries that do not raise OSError word it (safetensors: "... (os error 28)")
+    ("No space left on device", errno.ENOSPC), ("os error 28)", errno.ENOSPC), ("File too large", errno.EFBIG),
+    ("os error 27)", errno.EFBIG), ("Disk quota exceeded", errno.EDQUOT), ("os error 122)", errno.EDQUOT),
+)  # fmt: skip
 
 
 def full_disk_errno(err: BaseException | None) -> int | None:
@@ -68,7 +68,7 @@ def full_disk_errno(err: BaseException | None) -> int | None:
         if getattr(err, "errno", None) in NO_SPACE:
             return err.errno
         text = str(err)
-        for fragment, code in FULL_DISK_TEXTS.items():
+        for fragment, code in FULL_DISK_TEXTS:
             if fragment in text:
                 return code
         err = err.__cause__ or err.__context__
