@@ -15,8 +15,6 @@ A variant is `dataclasses.replace(PRESETS["shapes"], ...)` (checked again on cre
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -347,27 +345,20 @@ def build_pipeline(
 def save_pipeline(pipe: Any, out_dir: Path) -> Path:
     """Write `pipe` as a diffusers folder (safetensors), plus vocab.json + merges.txt beside each tokenizer.
 
-    Written into a temporary sibling folder and renamed at the end, so `out_dir` never holds half a pipeline. An
-    existing non-empty `out_dir` is an error (nothing is overwritten).
+    Written into a temporary sibling folder and renamed at the end (`sdkit.atomic.staged_dir`: ordinary permissions),
+    so `out_dir` never holds half a pipeline. An existing non-empty `out_dir` is an error (nothing is overwritten).
     """
+    from sdkit import atomic
     from sdkit.tokenizer import save_vocab_files
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir} already exists and is not an empty folder: choose a new output folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic.staged_dir(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for name in ("tokenizer", "tokenizer_2"):
             if getattr(pipe, name, None) is not None:
                 save_vocab_files(getattr(pipe, name), tmp / name)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
 
 

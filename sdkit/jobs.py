@@ -334,14 +334,19 @@ def write_grid(name: str, points: list[tuple[dict[str, Any], Any, Path]]) -> Pat
     """A labelled X/Y grid of the first image of each sweep point (columns: the first swept field)."""
     from PIL import Image
 
+    from sdkit import atomic
     from sdkit.training.plots import labelled_grid
 
     first_axis = next(iter(points[0][0]))
     columns = len({str(p[0][first_axis]) for p in points})
     items = [(", ".join(f"{k}={v}" for k, v in point.items()), Image.open(path).convert("RGB")) for point, _, path in points]
     out = Path(points[0][1].out) / f"grid-{name}.png"
-    tmp = out.with_suffix(".png.tmp")
-    labelled_grid(items, columns=columns, title=name).save(tmp, format="PNG")
-    os.replace(tmp, out)
+    grid = labelled_grid(items, columns=columns, title=name)
+    try:
+        atomic.write_file(out, lambda tmp: grid.save(tmp, format="PNG"))
+    except OSError as err:
+        if err.errno in atomic.NO_SPACE:
+            raise UserError(f"no space left to write {out} ({err.strerror}): free disk space and run again") from None
+        raise
     print(out, flush=True)
     return out

@@ -11,17 +11,19 @@
   `convert_state_dict_to_kohya`, with two fixes: its alpha entries are the rank (right only when alpha == rank), and
   transformers 5's CLIPTextModel has no `text_model.` level, which kohya/A1111 text-encoder keys include.
 
-Files are written to a temporary name in the target folder and renamed into place, so a crash never leaves half a file.
+Files are written to a temporary name in the target folder and renamed into place, so a crash never leaves half a file;
+they get the permissions the umask gives any new file (`sdkit.atomic`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from sdkit import atomic
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_TE_PREFIX = "lora_te_text_model_"
@@ -54,20 +56,11 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
-    """`save_file` to a temporary sibling, then rename onto `path`."""
+    """`save_file` to a temporary sibling, then rename onto `path` (`sdkit.atomic`: ordinary permissions, fsynced)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic.write_file(Path(path), lambda tmp: save_file(state, str(tmp), metadata=dict(metadata)))
 
 
 def _peft_state(module, prefix: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -131,16 +130,10 @@ def _read_hash_cache(path: Path) -> dict:
 
 def _write_hash_cache(path: Path, cache: dict) -> None:
     """Atomic replace; a cache that cannot be written (read-only home, full disk) only costs the next run a re-hash."""
+    from sdkit.atomic import write_text
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hashes.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(cache, f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_text(path, json.dumps(cache))
     except OSError as err:
         print(f"warning: could not save the model hash cache {path}: {err.strerror or err}", file=sys.stderr)
 

@@ -2,13 +2,12 @@
 
 A PNG is written to a temp file in the target folder and then hard-linked to its final name, which fails instead of
 overwriting when another process took that name first: two `sdkit generate` runs into one folder never clobber
-each other, and an interrupted run leaves no partial file.
+each other, and an interrupted run leaves no partial file. Files get the permissions the umask gives any new file
+(`sdkit.atomic`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import re
@@ -16,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdkit import atomic
+from sdkit.atomic import NO_SPACE
 from sdkit.errors import SdkitError, UserError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ NUMBERED = re.compile(r"^(\d{5,})-")
 
 
 OUTPUT_ROOT_ENV = "SDKIT_OUTPUT_ROOT"
-NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def confine(path: Path, what: str = "output path") -> None:
@@ -73,45 +73,29 @@ def write_png(out: Path, stem_suffix: str, image: Image.Image, text: dict[str, s
     info = PngInfo()
     for key, value in text.items():
         info.add_text(key, value)  # tEXt, or iTXt when not latin-1: what A1111 reads
-    fd, tmp = tempfile.mkstemp(prefix=".sdkit-", suffix=".png.tmp", dir=out)
-    try:
+    with atomic.staged_file(out, "sdkit-png") as tmp:
         try:
-            with os.fdopen(fd, "wb") as f:
-                image.save(f, format="PNG", pnginfo=info)
-                f.flush()
-                os.fsync(f.fileno())
+            image.save(tmp, format="PNG", pnginfo=info)
+            planned = index is not None
+            index = index if planned else next_index(out)
+            while True:
+                final = out / f"{index:05d}-{stem_suffix}.png"
+                try:
+                    return atomic.publish(tmp, final, overwrite=False)
+                except FileExistsError:
+                    if planned:
+                        raise SdkitError(f"{final} appeared while this run was writing: another process writes into {out}") from None
+                    index += 1
         except OSError as err:
             if err.errno in NO_SPACE:
                 raise UserError(f"no space left to write into {out} ({err.strerror}): free disk space or pass another --out") from None
             raise
-        planned = index is not None
-        index = index if planned else next_index(out)
-        while True:
-            final = out / f"{index:05d}-{stem_suffix}.png"
-            try:
-                os.link(tmp, final)
-                return final
-            except FileExistsError:
-                if planned:
-                    raise SdkitError(f"{final} appeared while this run was writing: another process writes into {out}") from None
-                index += 1
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def write_beside(image_path: Path, tag: str, image: Image.Image) -> Path:
     """A companion PNG next to an output (e.g. the control map): `<stem>.<tag>.png`, written atomically."""
     target = image_path.with_name(f"{image_path.stem}.{tag}.png")
-    fd, tmp = tempfile.mkstemp(prefix=".sdkit-", suffix=".png.tmp", dir=image_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return target
+    return atomic.write_file(target, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def infotext(prompt: str, negative: str, fields: dict[str, Any]) -> str:

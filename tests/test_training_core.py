@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 from pathlib import Path
@@ -241,13 +242,19 @@ def test_dataset_errors(tmp_path, rows, images, kwargs, message):
 def test_dataset_missing_folder_bad_json_and_corrupt_image(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         data.read_imagefolder(tmp_path / "missing")
-    folder = write_folder(tmp_path / "ds", None, {"bad.png": b"\x89PNG\r\n\x1a\n garbage"})
+    buffer = io.BytesIO()
+    Image.effect_noise((32, 32), 64).save(buffer, format="PNG")
+    cut = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # the header reads, the pixels do not decode
+    folder = write_folder(tmp_path / "ds", None, {"bad.png": cut, "junk.png": b"\x89PNG\r\n\x1a\n garbage"})
     (folder / "metadata.jsonl").write_text('{"file_name": "bad.png", "text": "x"}\n{oops\n')
     with pytest.raises(UserError, match="line 2 is not valid JSON"):
         data.read_imagefolder(folder)
     rows = data.read_imagefolder(folder, max_rows=1)
     with pytest.raises(UserError, match=r"bad\.png cannot be read"):
         data.load_images([r["file_name"] for r in rows], 8, True)
+    (folder / "metadata.jsonl").write_text('{"file_name": "junk.png", "text": "x"}\n')
+    with pytest.raises(UserError, match=r"line 1: .*junk\.png is not an image"):  # a broken header: before any model loads
+        data.read_imagefolder(folder)
 
 
 def test_images_tokens_and_augmentation(tmp_path):

@@ -29,11 +29,10 @@ Same seed => byte-identical files.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sdkit import atomic
 from sdkit.data.world import (  # noqa: F401 - re-exported: the world's vocabulary
     BASE_SHAPES,
     COLOR_NAMES,
@@ -304,7 +304,8 @@ def write_dataset(
     with probability p apiece (as web alt-text does; the structured columns and `true_text` keep the truth). With
     `generic_noun` p, a caption calls the object "shape" instead of naming it ("a red shape on a blue background"),
     so the world has a class noun, as "a photo of a dog" is to "a photo of sks dog" in DreamBooth. Written into a
-    temporary sibling directory, renamed into place when complete.
+    temporary sibling directory, renamed into place when complete (`sdkit.atomic.staged_dir`); on a full disk the
+    temporary directory is removed and the error is a UserError: a dataset folder is always complete.
     """
     out = Path(out_dir)
     if n < 1:
@@ -328,16 +329,17 @@ def write_dataset(
     if caption_noise or generic_noun:
         generic = np.random.default_rng([seed, 2]).random(n) < generic_noun
         texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes, generic.tolist())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_files(tmp, samples, size, conditioning, texts)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with atomic.staged_dir(out) as tmp:  # an existing `out` is empty (checked above)
+            _write_files(tmp, samples, size, conditioning, texts)
+    except OSError as err:
+        if err.errno not in atomic.NO_SPACE:
+            raise
+        why = "" if err.errno == errno.ENOSPC else f" ({err.strerror})"
+        raise UserError(
+            f"no space left on {atomic.device_of(out)} while writing the dataset {out}{why}; nothing was kept: "
+            "free space or pass another --out"
+        ) from None
     return out
 
 

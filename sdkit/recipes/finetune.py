@@ -9,7 +9,6 @@ prediction type and terminal-SNR setting), epsilon or v-prediction target, optio
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,12 +48,12 @@ def start_or_finish(recipe, outputs: Sequence[Path]) -> bool:
     A fresh start (`resume` unset) into a folder that already holds this task's outputs is refused, like one that holds
     checkpoints (see `checkpoints.resolve_resume`): nothing is overwritten by accident.
     """
+    from sdkit.training.results import finished
+
     out = Path(recipe.output_dir)
-    info = out / "run.json"
-    if recipe.resume == "latest" and info.is_file() and all(Path(p).exists() for p in outputs):
-        if json.loads(info.read_text()).get("steps", 0) >= recipe.max_steps:
-            print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
-            return True
+    if recipe.resume == "latest" and finished(out, outputs, recipe.max_steps):
+        print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
+        return True
     ckpt.resolve_resume(out, recipe.resume)
     if recipe.resume is None:
         existing = [p for p in outputs if Path(p).exists()]
@@ -111,29 +110,24 @@ def place(module, device, dtype) -> None:
 
 
 def write_recipe(recipe, path: Path) -> None:
+    """OUT/recipe.yaml: the resolved recipe. Every trainer writes it only once its inputs are checked and its data
+    decoded, just before training starts: a user error leaves no output folder behind."""
     import yaml
 
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    from sdkit.atomic import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
-def save_pipeline_folder(pipe, model_dir: Path) -> Path:
-    """Save `pipe` as a diffusers folder (safetensors) at `model_dir`, replacing an older one only once complete."""
-    import shutil
-
+def save_model_folder(pipe, output_dir: Path) -> Path:
+    """Save `pipe` as OUT/model (a diffusers folder, safetensors) through `results.save_result`: staged, then moved
+    into place, replacing an older one only once complete; a full disk is a UserError naming the last checkpoint."""
     from sdkit.architectures import save_pipeline
+    from sdkit.training.results import save_result, tensor_bytes
 
-    staging = model_dir.parent / f".{model_dir.name}-new"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_pipeline(pipe, staging)
-    if model_dir.exists():  # a resumed run that trains past a finished one
-        old = model_dir.parent / f".{model_dir.name}-old"
-        shutil.rmtree(old, ignore_errors=True)
-        model_dir.rename(old)
-        staging.rename(model_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(model_dir)
-    return model_dir
+    modules = [getattr(pipe, name, None) for name in ("unet", "vae", "text_encoder", "text_encoder_2")]
+    return save_result(output_dir, ["model"], lambda stage: save_pipeline(pipe, stage / "model"), tensor_bytes(*modules))[0]
 
 
 def noise_scheduler_of(pipe):
@@ -228,7 +222,11 @@ def lora_outputs(recipe) -> list[Path]:
 
 
 def save_lora_outputs(recipe, pipe, train_text_encoder: bool) -> list[Path]:
+    """The LoRA file(s) of `lora_outputs`, saved through `results.save_result` (see `save_model_folder`)."""
+    from peft.utils import get_peft_model_state_dict
+
     from sdkit.lora_io import lora_metadata, save_lora
+    from sdkit.training.results import save_result, tensor_bytes
 
     metadata = lora_metadata(
         task=recipe.task, base_model=recipe.model, rank=recipe.rank, alpha=recipe.alpha or recipe.rank,
@@ -237,4 +235,9 @@ def save_lora_outputs(recipe, pipe, train_text_encoder: bool) -> list[Path]:
     files = lora_outputs(recipe)
     kohya_name = files[1].stem if len(files) > 1 else None
     text_encoder = pipe.text_encoder if train_text_encoder else None
-    return save_lora(Path(recipe.output_dir), unet=pipe.unet, text_encoder=text_encoder, metadata=metadata, kohya_name=kohya_name)
+    trained = [get_peft_model_state_dict(m) for m in (pipe.unet, text_encoder) if m is not None]
+    return save_result(
+        recipe.output_dir, [f.name for f in files],
+        lambda stage: save_lora(stage, unet=pipe.unet, text_encoder=text_encoder, metadata=metadata, kohya_name=kohya_name),
+        tensor_bytes(*trained) * len(files),
+    )  # fmt: skip

@@ -7,12 +7,11 @@ chunk records the type, options and source.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from sdkit import atomic
 from sdkit.errors import UserError
 from sdkit.schema.control import PreprocessRecipe
 
@@ -37,21 +36,10 @@ def _write_png(image, path: Path, text: dict[str, str], overwrite: bool) -> None
     info = PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".sdkit-", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails instead of replacing a file that appeared meanwhile
-            except FileExistsError:
-                raise UserError(f"--output {path} exists: choose another path or pass --overwrite") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    try:  # never-overwrite publishes by hard link: fails instead of replacing a file that appeared meanwhile
+        atomic.write_file(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), overwrite=overwrite)
+    except FileExistsError:
+        raise UserError(f"--output {path} exists: choose another path or pass --overwrite") from None
 
 
 def _load(path: Path):

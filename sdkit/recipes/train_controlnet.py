@@ -17,7 +17,6 @@ OUT/loss.json, OUT/loss.csv, OUT/run.json and OUT/recipe.yaml.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ def run(recipe: TrainControlNetRecipe) -> Path:
     import torch
     from accelerate.utils import set_seed
 
+    from sdkit.recipes.finetune import write_recipe
     from sdkit.training import data
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
 
@@ -52,9 +52,6 @@ def run(recipe: TrainControlNetRecipe) -> Path:
     base = _resolve_base(recipe)
 
     with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_recipe(recipe, out / "recipe.yaml")
         set_seed(recipe.seed)
 
         # 1. load: the frozen pipeline, and the ControlNet to train
@@ -82,22 +79,24 @@ def run(recipe: TrainControlNetRecipe) -> Path:
         loss_fn = _loss(recipe, pipe, resolution, weight_dtype, device)
         validate = _validator(recipe, pipe, controlnet, captions, maps, resolution, accelerator)
 
-        # 5. train
+        # 5. train (recipe.yaml only now: every input is checked and decoded)
+        if accelerator.is_main_process:
+            write_recipe(recipe, out / "recipe.yaml")
         task = TrainTask(
             modules={"controlnet": controlnet}, dataset=dataset, loss_fn=loss_fn, validate=validate,
             info={"task": recipe.task, "control_type": recipe.control_type},
         )  # fmt: skip
         result = run_training(accelerator, recipe, task)
 
-        # 6. save: a plain diffusers ControlNetModel folder
+        # 6. save: a plain diffusers ControlNetModel folder and control.json (staged; a full disk keeps the last
+        # checkpoint and says so)
         target = out / "controlnet"
         if accelerator.is_main_process:
-            _save(result.modules["controlnet"], target)
             info = {
                 "control_type": recipe.control_type, "base_model": recipe.model, "base_sha256": base.sha256,
                 "resolution": resolution,
             }  # fmt: skip
-            (out / "control.json").write_text(json.dumps(info, indent=2) + "\n")
+            _save(result.modules["controlnet"], out, info)
             print(f"controlnet saved: {target}", file=sys.stderr)
         accelerator.wait_for_everyone()
     return target
@@ -304,31 +303,29 @@ def _open_map(path: Path, resolution: int):
     return resize_and_crop(open_rgb(Path(path)), resolution, center_crop=True)
 
 
-def _save(controlnet, target: Path) -> None:
-    """save_pretrained (safetensors, fp32) into a staging folder, then rename into place (replacing an older one)."""
+def _save(controlnet, out: Path, info: dict[str, Any]) -> None:
+    """OUT/controlnet (save_pretrained: safetensors, fp32) and OUT/control.json through `results.save_result`: staged,
+    then moved into place, replacing older ones only once complete."""
     import torch
 
+    from sdkit.training.results import save_result, tensor_bytes
+
     _place(controlnet, "cpu", torch.float32)
-    staging = target.parent / ".controlnet-new"
-    shutil.rmtree(staging, ignore_errors=True)
-    controlnet.save_pretrained(staging, safe_serialization=True)
-    if target.exists():
-        old = target.parent / ".controlnet-old"
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
+
+    def write(stage: Path) -> None:
+        controlnet.save_pretrained(stage / "controlnet", safe_serialization=True)
+        (stage / "control.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    save_result(out, ["controlnet", "control.json"], write, tensor_bytes(controlnet))
 
 
 def _finished(out: Path, recipe: TrainControlNetRecipe) -> bool:
     """True when `--resume latest` finds the run complete; a fresh start over an earlier result is refused."""
     from sdkit.training import checkpoints as ckpt
+    from sdkit.training.results import finished
 
-    info = out / "run.json"
-    done = (out / "controlnet" / "config.json").is_file() and info.is_file()
-    if recipe.resume == "latest" and done and json.loads(info.read_text()).get("steps", 0) >= recipe.max_steps:
+    outputs = [out / "controlnet" / "config.json", out / "control.json"]
+    if recipe.resume == "latest" and finished(out, outputs, recipe.max_steps):
         return True
     ckpt.resolve_resume(out, recipe.resume)
     if recipe.resume is None and (out / "controlnet").exists():
@@ -337,9 +334,3 @@ def _finished(out: Path, recipe: TrainControlNetRecipe) -> bool:
             "or choose another output folder"
         )
     return False
-
-
-def _write_recipe(recipe: TrainControlNetRecipe, path: Path) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import string
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,9 +62,7 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
         # 1. load
         pipe = ft.load_base(recipe)
         resolution = ft.resolution_of(recipe, pipe)
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            ft.write_recipe(recipe, out / "recipe.yaml")
+        instance_pixels = data.load_images(instance_files, resolution, recipe.center_crop)  # before anything is written
 
         # 2. class images from the base model (before any training)
         class_files: list[Path] = []
@@ -90,19 +86,20 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
             ft.place(pipe.text_encoder, device, dtype)
 
         # 4. data: instance images (and class images), one prompt each
-        def entries(files):
-            images = data.load_images(files, resolution, recipe.center_crop)
+        def entries(images):
             return ft.image_tensors(recipe, pipe.vae, images, device, dtype, recipe.train_batch_size)
 
-        key, instances = entries(instance_files)
+        key, instances = entries(instance_pixels)
         instance_ids = data.tokenize(pipe.tokenizer, instance_prompts)
         classes, class_ids = [], None
         if class_files:
-            classes = entries(class_files)[1]
+            classes = entries(data.load_images(class_files, resolution, recipe.center_crop))[1]
             class_ids = data.tokenize(pipe.tokenizer, class_prompts)
         dataset = DreamBoothData(key, instances, instance_ids, classes, class_ids)
 
-        # 5. train
+        # 5. train (recipe.yaml only now: every input is checked and decoded)
+        if accelerator.is_main_process:
+            ft.write_recipe(recipe, out / "recipe.yaml")
         loss_fn = ft.denoising_loss(recipe, pipe, ft.noise_scheduler_of(pipe), resolution, device,
                                     empty_ids=data.tokenize(pipe.tokenizer, [""])[0],
                                     caption_dropout=recipe.caption_dropout, prior_loss_weight=recipe.prior_loss_weight)  # fmt: skip
@@ -121,7 +118,7 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
             else:
                 for module in (pipe.vae, pipe.unet, pipe.text_encoder):
                     ft.place(module, "cpu", torch.float32)
-                files = [ft.save_pipeline_folder(pipe, out / "model")]
+                files = [ft.save_model_folder(pipe, out)]
             for path in files:
                 print(f"saved: {path}", file=sys.stderr)
         accelerator.wait_for_everyone()
@@ -257,16 +254,11 @@ def _save_png(image, path: Path, prompt: str) -> None:
     """Write atomically (temp name, then rename), recording the prompt in a text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
+    from sdkit import atomic
+
     info = PngInfo()
     info.add_text(PROMPT_KEY, prompt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic.write_file(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def _recorded_prompt(path: Path) -> str | None:

@@ -55,11 +55,8 @@ def run(recipe: TrainLoraRecipe) -> FinetuneResult:
             trainable["text_encoder"] = pipe.text_encoder
         else:
             ft.place(pipe.text_encoder, device, dtype)
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            ft.write_recipe(recipe, out / "recipe.yaml")
 
-        # 2. data
+        # 2. data (decoded before anything is written: a broken image leaves no output folder)
         images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
         key, values = ft.image_tensors(recipe, pipe.vae, images, device, dtype, recipe.train_batch_size)
         dataset = data.CaptionedImages(data.tokenize(pipe.tokenizer, captions), **{key: values})
@@ -72,11 +69,13 @@ def run(recipe: TrainLoraRecipe) -> FinetuneResult:
         checkpoint_trainable_only(accelerator)
 
         # 4. train
+        if accelerator.is_main_process:
+            ft.write_recipe(recipe, out / "recipe.yaml")
         task = TrainTask(modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=ft.validator(recipe, pipe, accelerator),
                          info={"task": recipe.task, "rank": recipe.rank})  # fmt: skip
         result = run_training(accelerator, recipe, task)
 
-        # 5. save
+        # 5. save (staged; a full disk keeps the last checkpoint and says so)
         files = outputs
         if accelerator.is_main_process:
             files = ft.save_lora_outputs(recipe, pipe, recipe.train_text_encoder)

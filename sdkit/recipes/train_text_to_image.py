@@ -19,9 +19,7 @@ OUT/loss.json, OUT/loss.csv, OUT/run.json and OUT/recipe.yaml.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,13 +36,15 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
     import torch
     from accelerate.utils import set_seed
 
+    from sdkit.recipes.finetune import write_recipe
     from sdkit.training import checkpoints as ckpt
     from sdkit.training import data
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
+    from sdkit.training.results import finished
 
     # 0. cheap checks first: resume target, dataset rows (no model loaded yet)
     out = Path(recipe.output_dir)
-    if recipe.resume == "latest" and _finished(out, recipe.max_steps):
+    if recipe.resume == "latest" and finished(out, [out / "model" / "model_index.json"], recipe.max_steps):
         print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
         return out / "model"
     ckpt.resolve_resume(out, recipe.resume)
@@ -67,8 +67,7 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
         # 2. data: decode once, tokenise with the pipeline's tokenizer, optionally cache latents
         images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
         if accelerator.is_main_process:  # every input checked: only now does the run write anything
-            out.mkdir(parents=True, exist_ok=True)
-            _write_recipe(recipe, out / "recipe.yaml")
+            write_recipe(recipe, out / "recipe.yaml")
         input_ids = data.tokenize(tokenizer, captions)
         empty_ids = data.tokenize(tokenizer, [""])[0]
         live = {"vae": vae, "text_encoder": text_encoder, "unet": unet}  # what the loss and validation run
@@ -119,7 +118,7 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
                 factor = _measure_scaling_factor(vae, images, recipe.train_batch_size, device)
                 vae.register_to_config(scaling_factor=factor)
                 print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
-            _save(pipe, noise_scheduler, model_dir)
+            _save(pipe, noise_scheduler, out)
             print(f"model saved: {model_dir}", file=sys.stderr)
         accelerator.wait_for_everyone()
     return model_dir
@@ -292,12 +291,13 @@ def _measure_scaling_factor(vae, images, batch_size, device) -> float:
     return float(1.0 / latents.std().clamp_min(1e-6))
 
 
-def _save(pipe, noise_scheduler, model_dir: Path) -> None:
-    """Save the trained pipeline as a diffusers folder; the inference scheduler keeps the trained prediction type."""
+def _save(pipe, noise_scheduler, out: Path) -> None:
+    """Save the trained pipeline as the diffusers folder OUT/model (`finetune.save_model_folder`: staged, a full disk
+    is a UserError naming the last checkpoint); the inference scheduler keeps the trained prediction type."""
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from sdkit.architectures import save_pipeline
+    from sdkit.recipes.finetune import save_model_folder
 
     scheduler = _inference_scheduler(pipe, noise_scheduler)
     modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
@@ -307,30 +307,7 @@ def _save(pipe, noise_scheduler, model_dir: Path) -> None:
         **modules, tokenizer=pipe.tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
-    staging = model_dir.parent / ".model-new"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_pipeline(final, staging)
-    if model_dir.exists():  # a resumed run of a finished job: replace the old result only now
-        old = model_dir.parent / ".model-old"
-        shutil.rmtree(old, ignore_errors=True)
-        model_dir.rename(old)
-        staging.rename(model_dir)
-        shutil.rmtree(old)
-    else:
-        staging.rename(model_dir)
-
-
-def _finished(out: Path, max_steps: int) -> bool:
-    info = out / "run.json"
-    if not (out / "model" / "model_index.json").is_file() or not info.is_file():
-        return False
-    return json.loads(info.read_text()).get("steps", 0) >= max_steps
-
-
-def _write_recipe(recipe: TrainTextToImageRecipe, path: Path) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    save_model_folder(final, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
     from sdkit.training import data
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
     from sdkit.training.partial import checkpoint_trainable_only
+    from sdkit.training.results import save_result, tensor_bytes
 
     # 0. cheap checks first: outputs/resume target, the images and captions (no model loaded yet)
     out = Path(recipe.output_dir)
@@ -63,9 +64,6 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
         pipe = ft.load_base(recipe)
         new_ids = add_token(pipe.tokenizer, pipe.text_encoder, recipe.token, recipe.init_token, recipe.num_vectors)
         resolution = ft.resolution_of(recipe, pipe)
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            ft.write_recipe(recipe, out / "recipe.yaml")
 
         # 2. only the embedding table trains; the old rows are restored after every step
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -89,7 +87,9 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
         ids = data.tokenize(pipe.tokenizer, [pipe.maybe_convert_prompt(c, pipe.tokenizer) for _, c in pairs])
         dataset = data.CaptionedImages(ids, **{key: [values[i] for i, _ in pairs]})
 
-        # 4. train
+        # 4. train (recipe.yaml only now: every input is checked and decoded)
+        if accelerator.is_main_process:
+            ft.write_recipe(recipe, out / "recipe.yaml")
         loss_fn = ft.denoising_loss(recipe, pipe, ft.noise_scheduler_of(pipe), resolution, device)
         checkpoint_trainable_only(accelerator)
         task = TrainTask(
@@ -102,7 +102,8 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
         # 5. save
         if accelerator.is_main_process:
             learned = table.detach()[new_ids].float().cpu()
-            save_embedding(recipe, learned, outputs)
+            save_result(out, [p.name for p in outputs], lambda stage: save_embedding(recipe, learned, [stage / p.name for p in outputs]),
+                        tensor_bytes(learned) * len(outputs))  # fmt: skip
             for path in outputs:
                 print(f"embedding saved: {path}", file=sys.stderr)
         accelerator.wait_for_everyone()

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sdkit import atomic
 from sdkit.errors import SdkitError, UserError
 from sdkit.training import checkpoint_files
 
@@ -172,6 +173,7 @@ def save_checkpoint(
             json.dump(marker, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        atomic.finish_tree(tmp)  # ordinary permissions (safetensors writes 0600 files) and every file on disk
         if final.exists():  # e.g. a run restarted from an older checkpoint reaches this step again
             old = root / f"{TMP_PREFIX}old-step-{step}"
             shutil.rmtree(old, ignore_errors=True)

@@ -31,7 +31,8 @@ def read_imagefolder(
     image_columns: Sequence[str] = ("file_name",),
     max_rows: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Read and check `data_dir/metadata.jsonl`: every row names existing image file(s) and a non-empty caption.
+    """Read and check `data_dir/metadata.jsonl`: every row names existing image file(s) (their headers are read) and a
+    non-empty caption.
 
     Image columns come back as absolute Paths; other columns as they are in the file.
     """
@@ -74,6 +75,7 @@ def read_imagefolder(
                 path = data_dir / str(row[column])
                 if not path.is_file():
                     raise UserError(f"{metadata} line {line_no}: image {path} does not exist: fix {column!r} or add the file")
+                check_image(path, f"{metadata} line {line_no}")
                 row[column] = path
             rows.append(row)
             if max_rows is not None and len(rows) >= max_rows:
@@ -81,6 +83,19 @@ def read_imagefolder(
     if not rows:
         raise UserError(f"{metadata} has no rows: add one JSON line per image")
     return rows
+
+
+def check_image(path: Path, where: str) -> None:
+    """Refuse a file that is not an image (a .txt listed in metadata.jsonl, a broken header) from its header alone, so
+    a bad dataset fails before any model loads; full decoding (`open_rgb`) comes later, still before anything is
+    written."""
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(
+            f"{where}: {path} is not an image ({type(err).__name__}: {err}): list only image files, or replace it"
+        ) from None
 
 
 def open_rgb(path: Path) -> Image.Image:
