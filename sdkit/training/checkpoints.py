@@ -21,7 +21,6 @@ would load with full unpickling.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -155,16 +154,19 @@ def save_checkpoint(
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             checkpoint_files.save_objects(objects, tmp)
-    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+    except Exception as err:  # torch's zip writer reports a full disk as a RuntimeError, safetensors as its own error
         shutil.rmtree(tmp, ignore_errors=True)
-        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-        cause = f"no space left ({err.strerror})" if full else f"write failed: {str(err).strip().splitlines()[0][:120]}; is the disk full?"
+        code = atomic.full_disk_errno(err)
+        if code is None and not isinstance(err, (OSError, RuntimeError)):
+            raise
         kept = latest_checkpoint(output_dir)
-        raise SdkitError(
-            f"saving checkpoint step-{step} in {root}: {cause}; "
-            f"{'the previous checkpoint ' + kept.name + ' is intact' if kept else 'no earlier checkpoint exists'}: "
-            "free disk space and continue with --resume latest"
-        ) from err
+        then = (f"{'the previous checkpoint ' + kept.name + ' is intact' if kept else 'no earlier checkpoint exists'}: "
+                "free disk space and continue with --resume latest")  # fmt: skip
+        if code is not None:  # a full disk is the user's to fix: exit 2, like a full disk at the final save
+            raise UserError(f"no space left on {atomic.device_of(root)} while saving checkpoint step-{step} in {root}"
+                            f" ({os.strerror(code)}); {then}") from None  # fmt: skip
+        cause = f"write failed: {str(err).strip().splitlines()[0][:120]}; is the disk full?"  # no errno to tell
+        raise SdkitError(f"saving checkpoint step-{step} in {root}: {cause}; {then}") from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker = {"complete": True, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}

@@ -134,6 +134,22 @@ def test_nearly_full_tmpfs_fresh_lora_run(finished_run: Path, small_tmpfs: Path)
     assert done.stdout.split() == [str(out / LORA), str(out / "reference.safetensors")]
 
 
+def test_full_disk_at_a_checkpoint_is_exit_2_and_keeps_the_previous_one(finished_run: Path, small_tmpfs: Path) -> None:
+    """A checkpoint that does not fit (a real ENOSPC from safetensors' writer) is the user's to fix: exit 2 naming the
+    device and the checkpoint that is intact; no half-written checkpoint is left behind."""
+    out = small_tmpfs / "reference"
+    resize(small_tmpfs, 64 * 2**20)
+    shutil.copytree(finished_run, out)  # step-2 is complete; the resumed run's step-4 checkpoint will not fit
+    before = digests(out / "checkpoints")
+    used = sum(math.ceil(p.stat().st_size / 4096) for p in out.rglob("*") if p.is_file())
+    resize(small_tmpfs, (used + 2) * 4096)
+    line = error_line(sdkit(*TRAIN[:2], "--max-steps", "4", "--checkpointing-steps", "4", "--resume", "latest",
+                            "--data-dir", finished_run.parent / "data", "-o", out))  # fmt: skip
+    assert line.startswith(f"error: no space left on {small_tmpfs} (sdkit-test-"), line
+    assert "while saving checkpoint step-4" in line and "the previous checkpoint step-2 is intact" in line, line
+    assert digests(out / "checkpoints") == before and not hidden(out)
+
+
 def test_full_disk_saving_a_model_folder_keeps_the_old_one(shapes_data: Path, tiny_sd_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "t2i"
     args = ("train", "text-to-image", "-m", tiny_sd_dir, "--data-dir", shapes_data, "-o", out, "--checkpointing-steps", "2")
