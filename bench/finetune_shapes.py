@@ -1,7 +1,7 @@
 """Do the fine-tuning recipes learn? DreamBooth, LoRA and textual inversion on the shapes world, scored by `sdkit eval`.
 
 Each experiment trains through the real CLI (`sdkit train ...` in a child process, whose wall time and peak RSS are
-measured with os.wait4), then `sdkit.recipes.eval_shapes.run` scores generated images with the independent scorer.
+measured with os.wait4), then `sdkit.tasks.eval_shapes.run` scores generated images with the independent scorer.
 `sdkit eval shapes` loads a model folder, so adapters are evaluated on a merged copy of the base model (LoRAs fused
 at the given weights with diffusers' fuse_lora, or the embedding loaded into the tokenizer and text encoder).
 
@@ -250,8 +250,8 @@ def evaluate(model: Path | str, n: int, steps: int, out: Path, **fields: Any) ->
     """`sdkit eval shapes` at cfg 5; report.json and a sample grid go to `out`."""
     from dataclasses import asdict
 
-    from sdkit.recipes.eval_shapes import run
     from sdkit.schema.eval import EvalShapesRecipe
+    from sdkit.tasks.eval_shapes import run
 
     recipe = EvalShapesRecipe(model=str(model), n=n, steps=steps, cfg=[5.0], batch_size=50, out=out, **fields)
     (score,) = run(recipe)

@@ -6,7 +6,7 @@ random weights from the published configs (bench/sd_configs.py: the compute is t
 `--model-dir` names a real local diffusers folder.
 
 * diffusers default: `Pipeline.from_pretrained(dir, torch_dtype=fp16).to("cuda")`, SDPA (its default), nothing else.
-* sdkit fast: `sdkit.recipes.generate.run` with `fast=True` (fp16 or --dtype, channels-last UNet, fused QKV) and
+* sdkit fast: `sdkit.tasks.generate.run` with `fast=True` (fp16 or --dtype, channels-last UNet, fused QKV) and
   `compile` with --compile; one PipelineCache, so the model loads once.
 
 sdkit's per-image time is the marginal cost: (time of a call making 1 + k images − time of a call making 1) / k, so
@@ -128,7 +128,7 @@ def sdkit_fast(
 ) -> tuple[float, float, str]:
     """(s/image marginal, per-call overhead s, the resolved fast settings) through sdkit's Python API."""
     from sdkit.pipelines import PipelineCache
-    from sdkit.recipes.generate import run
+    from sdkit.tasks.generate import run
 
     cache = PipelineCache()
     settings = ""

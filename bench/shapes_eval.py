@@ -9,8 +9,8 @@ from bench.common import Figure
 
 
 def run(model: str = "shapes", n: int = 200) -> list[Figure]:
-    from sdkit.recipes import eval_shapes
     from sdkit.schema.eval import EvalShapesRecipe
+    from sdkit.tasks import eval_shapes
 
     scores = {s.cfg: s for s in eval_shapes.run(EvalShapesRecipe(model=model, n=n, cfg=[1.0, 5.0], steps=20,
                                                                   scheduler="DPM++ 2M", device="cpu", dtype="fp32"))}

@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sdkit.version import __version__ as __version__  # re-exported: sdkit.__version__
 
 if TYPE_CHECKING:
-    from sdkit.recipes.generate import Result
     from sdkit.schema.generate import GenerateRecipe
+    from sdkit.tasks.generate import Result
 
 
 def load_recipe(task: str, fields: dict[str, Any] | str | Path) -> Any:
     """The typed recipe of `task` from a mapping of fields or a YAML file of them (one-line errors on bad input)."""
     from sdkit.recipefile import load_yaml, validate
-    from sdkit.tasks import get_task
+    from sdkit.tasks.registry import get_task
 
     schema = get_task(task).schema
     if isinstance(fields, (str, Path)):
@@ -37,7 +37,7 @@ def load_recipe(task: str, fields: dict[str, Any] | str | Path) -> Any:
 
 def generate(recipe: GenerateRecipe | None = None, **fields: Any) -> list[Result]:
     """Generate images from a `GenerateRecipe` or its fields; returns one `Result` (path, seed, image) per image."""
-    from sdkit.recipes import generate as task
+    from sdkit.tasks import generate as task
 
     if recipe is None:
         recipe = load_recipe("generate", fields)
@@ -48,7 +48,7 @@ def generate(recipe: GenerateRecipe | None = None, **fields: Any) -> list[Result
 
 def train(recipe: Any) -> Path:
     """Run a training recipe (any `Train*Recipe`); returns the output folder or file."""
-    from sdkit.tasks import TASKS
+    from sdkit.tasks.registry import TASKS
 
     for task in TASKS:
         if task.name.startswith("train-") and isinstance(recipe, task.schema):
@@ -58,7 +58,8 @@ def train(recipe: Any) -> Path:
 
 def run(*files: str | Path, sets: tuple[str, ...] = ()) -> dict[str, str]:
     """Run recipe files like `sdkit run`; returns each named job's output path."""
-    from sdkit.jobs import load_file, run_jobs
+    from sdkit.jobs.parse import load_file
+    from sdkit.jobs.run import run_jobs
 
     jobs = [job for file in files for job in load_file(Path(file), sets)]
     return run_jobs(jobs)

@@ -33,7 +33,7 @@ def lora_metadata(
     *, task: str, base_model: str, rank: int, alpha: float, trigger_word: str | None, recipe: Mapping[str, Any]
 ) -> dict[str, str]:
     """Header entries: sdkit's own (`sdkit.*`, the resolved recipe as JSON) and the kohya ones A1111 displays (`ss_*`)."""
-    from sdkit import __version__
+    from sdkit.version import __version__
 
     meta = {
         "sdkit.version": __version__, "sdkit.task": task, "sdkit.base_model": base_model, "sdkit.rank": str(rank),

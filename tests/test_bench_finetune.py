@@ -9,8 +9,8 @@ from pathlib import Path
 from finetune_helpers import FAST, shapes_dataset
 
 from bench.finetune_shapes import merged
-from sdkit.recipes.train_lora import run
 from sdkit.schema.finetune import TrainLoraRecipe
+from sdkit.tasks.train_lora import run
 
 
 def test_merged_copy_is_reused_only_for_the_same_files_and_weights(tiny_sd_dir: Path, tmp_path: Path) -> None:

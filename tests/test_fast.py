@@ -148,7 +148,7 @@ def test_gradient_checkpointing_same_weights(tmp_path: Path, tiny_sd_dir: Path) 
     from finetune_helpers import FAST, shapes_dataset
 
     import sdkit
-    from sdkit.recipes import train_lora
+    from sdkit.tasks import train_lora
 
     data = shapes_dataset(tmp_path / "data", n=4)
     fields = {"model": str(tiny_sd_dir), "data_dir": str(data), "max_steps": 2, "train_batch_size": 2, "rank": 2,
@@ -181,7 +181,7 @@ def test_8bit_adam_trains_with_8bit_state(tmp_path: Path, tiny_sd_dir: Path) -> 
     from finetune_helpers import FAST, shapes_dataset
 
     import sdkit
-    from sdkit.recipes import train_text_to_image
+    from sdkit.tasks import train_text_to_image
 
     data = shapes_dataset(tmp_path / "data", n=4)
     recipe = sdkit.load_recipe("train-text-to-image", {

@@ -143,8 +143,8 @@ def workdir(tmp_path_factory, tiny_sd_dir: Path) -> Path:
 
     from sdkit.data.shapes import write_dataset
     from sdkit.models import ALIASES
-    from sdkit.recipes.train_lora import run
     from sdkit.schema.finetune import TrainLoraRecipe
+    from sdkit.tasks.train_lora import run
 
     work = tmp_path_factory.mktemp("readme")
     (work / "recipes").symlink_to(ROOT / "recipes")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sdkit.jobs import load_file
+from sdkit.jobs.parse import load_file
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
 

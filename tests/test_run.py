@@ -39,7 +39,8 @@ jobs:
 
 
 def test_run_sweep_grid_reuse_and_references(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sdkit.jobs import load_file, run_jobs
+    from sdkit.jobs.parse import load_file
+    from sdkit.jobs.run import run_jobs
 
     monkeypatch.setenv("PROMPT_FROM_ENV", "a blue square")
     jobs = load_file(recipe, ["jobs.1.steps=3"])

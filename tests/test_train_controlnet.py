@@ -10,8 +10,8 @@ import torch
 from cli_helpers import assert_user_error, invoke, snapshot
 
 from sdkit.errors import UserError
-from sdkit.recipes.train_controlnet import run
 from sdkit.schema.control import TrainControlNetRecipe
+from sdkit.tasks.train_controlnet import run
 
 FAST = {
     "train_batch_size": 3,

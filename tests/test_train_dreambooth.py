@@ -11,8 +11,8 @@ from cli_helpers import assert_user_error, invoke, snapshot
 from finetune_helpers import generate, in_memory, shapes_dataset, tensors
 
 from sdkit.lora_io import LORA_FILE
-from sdkit.recipes.train_dreambooth import PROMPT_KEY, DreamBoothData, run
 from sdkit.schema.finetune import TrainDreamBoothRecipe
+from sdkit.tasks.train_dreambooth import PROMPT_KEY, DreamBoothData, run
 
 FAST = ["--threads", "1", "--log-every", "1", "--learning-rate", "0.01"]
 CLASS = ["--with-prior-preservation", "--class-prompt", "a shape", "--num-class-images", "3", "--class-inference-steps", "2"]

@@ -16,8 +16,8 @@ from cli_helpers import assert_user_error, invoke, snapshot
 from finetune_helpers import FAST, generate, in_memory, shapes_dataset, tensors
 
 from sdkit.lora_io import LORA_FILE, read_metadata
-from sdkit.recipes.train_lora import run
 from sdkit.schema.finetune import TrainLoraRecipe
+from sdkit.tasks.train_lora import run
 
 PROMPT = "a red circle on a blue background"
 

@@ -1,4 +1,4 @@
-"""`sdkit.recipes.train_text_to_image` on tiny real models: outputs, exact resume, SIGINT, accelerate launch, YAML."""
+"""`sdkit.tasks.train_text_to_image` on tiny real models: outputs, exact resume, SIGINT, accelerate launch, YAML."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from sdkit.errors import UserError
-from sdkit.recipes.train_text_to_image import run
 from sdkit.schema.train import TrainTextToImageRecipe
+from sdkit.tasks.train_text_to_image import run
 from sdkit.training import checkpoints as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_sigint_saves_a_checkpoint_and_resume_matches(shapes_data, tmp_path):
            "max_steps": 10_000, "checkpointing_steps": None, "use_ema": True}  # fmt: skip
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sdkit.recipes.train_text_to_image", str(tmp_path / "job.yaml")],
+        [sys.executable, "-m", "sdkit", "run", str(tmp_path / "job.yaml")],
         cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines = []
@@ -161,7 +161,7 @@ def test_accelerate_launch_two_processes(shapes_data, tmp_path):
     accelerate = Path(sys.executable).parent / "accelerate"
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "sdkit.recipes.train_text_to_image", str(tmp_path / "job.yaml")]  # fmt: skip
+           "-m", "sdkit", "run", str(tmp_path / "job.yaml")]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((tmp_path / "run/run.json").read_text())
@@ -172,7 +172,7 @@ def test_accelerate_launch_two_processes(shapes_data, tmp_path):
 
 
 def test_shapes_base_recipe_validates():
-    from sdkit.jobs import check_references, load_file
+    from sdkit.jobs.parse import check_references, load_file
 
     jobs = load_file(ROOT / "recipes/train/shapes-base.yaml")  # every job validated against its schema
     check_references(jobs)

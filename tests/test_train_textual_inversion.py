@@ -12,8 +12,8 @@ from cli_helpers import assert_user_error, invoke, snapshot
 from finetune_helpers import FAST, generate, in_memory, shapes_dataset, tensors
 
 from sdkit.lora_io import read_metadata
-from sdkit.recipes.train_textual_inversion import run
 from sdkit.schema.finetune import TrainTextualInversionRecipe
+from sdkit.tasks.train_textual_inversion import run
 
 PROMPT = "a <zig> on a blue background"
 

@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 from sdkit.errors import UserError
+from sdkit.grids import labelled_grid
 from sdkit.schema.train import TrainCommon
 from sdkit.training import checkpoints as ckpt
 from sdkit.training import data
 from sdkit.training.checkpoints import StopSignals
 from sdkit.training.loop import TrainTask, accelerator_session, fused_adamw_ok, run_training
-from sdkit.training.plots import labelled_grid, loss_curve
+from sdkit.training.plots import loss_curve
 
 
 class Toy:

@@ -145,7 +145,7 @@ def main() -> None:
 
 def version_callback(value: bool) -> None:
     if value:
-        from sdkit import __version__
+        from sdkit.version import __version__
 
         print(f"sdkit {__version__}")
         raise typer.Exit()

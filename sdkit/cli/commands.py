@@ -28,7 +28,7 @@ RECIPE_PARAM = inspect.Parameter(
 
 
 def generate(recipe: Path | None = None, **given: Any) -> None:
-    from sdkit.recipes import generate as task
+    from sdkit.tasks import generate as task
 
     task.run(build_recipe(GenerateRecipe, recipe, given, task="generate"))
 
@@ -71,7 +71,7 @@ def replay(
     """The image is untrusted: where to write and whether pickles may load come from this command line only, one
     image is made whatever num_images says, and the files its recipe names are listed on stderr before loading."""
     from sdkit.progress import warn
-    from sdkit.recipes import generate as task
+    from sdkit.tasks import generate as task
 
     record, recipe = recorded(image, "replay")
     recipe = recipe.model_copy(update={"out": out, "allow_pickle": allow_pickle, "num_images": 1})  # one image recorded
@@ -135,8 +135,9 @@ def run_command(
 
     import yaml
 
-    from sdkit.dryrun import dry_run as check_jobs
-    from sdkit.jobs import load_file, run_jobs
+    from sdkit.jobs.dryrun import dry_run as check_jobs
+    from sdkit.jobs.parse import load_file
+    from sdkit.jobs.run import run_jobs
     from sdkit.outputs import OUTPUT_ROOT_ENV
 
     previous = os.environ.get(OUTPUT_ROOT_ENV)
@@ -163,7 +164,7 @@ def run_command(
 def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name (default: every task).")] = None) -> None:  # noqa: UP045
     import json
 
-    from sdkit.tasks import TASKS, get_task
+    from sdkit.tasks.registry import TASKS, get_task
 
     tasks = [get_task(task)] if task else list(TASKS)
     schemas = {t.name: t.schema.model_json_schema() for t in tasks}

@@ -41,43 +41,43 @@ def _data_shapes(recipe: ShapesDataRecipe) -> None:
 
 
 def _train_text_to_image(recipe: TrainTextToImageRecipe) -> None:
-    from sdkit.recipes.train_text_to_image import run
+    from sdkit.tasks.train_text_to_image import run
 
     print(run(recipe))
 
 
 def _preprocess(recipe: PreprocessRecipe) -> None:
-    from sdkit.recipes.preprocess import run
+    from sdkit.tasks.preprocess import run
 
     print(run(recipe))
 
 
 def _train_controlnet(recipe: TrainControlNetRecipe) -> None:
-    from sdkit.recipes.train_controlnet import run
+    from sdkit.tasks.train_controlnet import run
 
     print(run(recipe))
 
 
 def _train_lora(recipe: TrainLoraRecipe) -> None:
-    from sdkit.recipes.train_lora import run
+    from sdkit.tasks.train_lora import run
 
     run(recipe).print_files()
 
 
 def _train_dreambooth(recipe: TrainDreamBoothRecipe) -> None:
-    from sdkit.recipes.train_dreambooth import run
+    from sdkit.tasks.train_dreambooth import run
 
     run(recipe).print_files()
 
 
 def _train_textual_inversion(recipe: TrainTextualInversionRecipe) -> None:
-    from sdkit.recipes.train_textual_inversion import run
+    from sdkit.tasks.train_textual_inversion import run
 
     run(recipe).print_files()
 
 
 def _eval_shapes(recipe: EvalShapesRecipe) -> None:
-    from sdkit.recipes.eval_shapes import run
+    from sdkit.tasks.eval_shapes import run
 
     run(recipe)
 

@@ -3,7 +3,7 @@
 * `sdkit.training.loop`        — `make_accelerator`, `TrainTask`, `run_training`, `TrainingInterrupted`
 * `sdkit.training.checkpoints` — atomic `checkpoints/step-N`, `--resume latest|PATH`, pruning
 * `sdkit.training.data`        — imagefolder reading/checking, in-memory images, tokenising, latent caching
-* `sdkit.training.plots`       — validation grids and the loss curve (Pillow only)
+* `sdkit.training.plots`       — the loss curve and loss files (Pillow only; grids: `sdkit.grids`)
 
 Import the submodules directly; they import torch, so the CLI imports them only when a training command runs.
 """

@@ -37,11 +37,12 @@ from typing import Any
 import torch
 
 from sdkit.errors import SdkitError
+from sdkit.grids import labelled_grid
 from sdkit.progress import StepBar
 from sdkit.training import checkpoints as ckpt
 from sdkit.training.checkpoints import StopSignals
 from sdkit.training.data import collate
-from sdkit.training.plots import labelled_grid, write_loss_files
+from sdkit.training.plots import write_loss_files
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 

@@ -196,7 +196,7 @@ def nan_message(placement, where: str) -> str:
 
 def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -> dict[str, str]:
     """PNG text chunks: A1111 `parameters` infotext and the resolved recipe as `sdkit` JSON."""
-    from sdkit import __version__
+    from sdkit.version import __version__
 
     fields = {
         "Steps": recipe.steps,

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 
 from sdkit.errors import UserError
-from sdkit.recipes.finetune import FinetuneResult
 from sdkit.schema.finetune import TrainTextualInversionRecipe
+from sdkit.training.finetune import FinetuneResult
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 
@@ -43,8 +43,8 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
     import torch
     from accelerate.utils import set_seed
 
-    from sdkit.recipes import finetune as ft
     from sdkit.training import data
+    from sdkit.training import finetune as ft
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
     from sdkit.training.partial import checkpoint_trainable_only
     from sdkit.training.results import save_result, tensor_bytes
@@ -115,8 +115,8 @@ def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
 def _images_and_captions(recipe: TrainTextualInversionRecipe) -> tuple[list[Path], list[tuple[int, str]]]:
     """(image files, (image index, caption) pairs): each image with its caption from metadata.jsonl (which must contain
     the token), or, for a plain folder, every image with every caption template."""
-    from sdkit.recipes.finetune import image_files
     from sdkit.training.data import read_imagefolder
+    from sdkit.training.finetune import image_files
 
     if (Path(recipe.data_dir) / "metadata.jsonl").is_file():
         rows = read_imagefolder(recipe.data_dir, recipe.caption_column)
@@ -161,8 +161,8 @@ def save_embedding(recipe: TrainTextualInversionRecipe, learned, paths: list[Pat
     """diffusers ({token: [n, dim]}) and A1111 ({"emb_params": [n, dim]}) files, metadata in the header."""
     import json
 
-    from sdkit import __version__
     from sdkit.lora_io import write_safetensors
+    from sdkit.version import __version__
 
     metadata = {
         "format": "pt", "sdkit.version": __version__, "sdkit.task": recipe.task, "sdkit.base_model": recipe.model,

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from sdkit.errors import UserError
-from sdkit.recipes.finetune import FinetuneResult
 from sdkit.schema.finetune import TrainDreamBoothRecipe
+from sdkit.training.finetune import FinetuneResult
 
 PROMPT_KEY = "sdkit-class-prompt"  # PNG text chunk recording what a generated class image shows
 
@@ -40,8 +40,8 @@ def run(recipe: TrainDreamBoothRecipe) -> FinetuneResult:
     import torch
     from accelerate.utils import set_seed
 
-    from sdkit.recipes import finetune as ft
     from sdkit.training import data
+    from sdkit.training import finetune as ft
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
     from sdkit.training.partial import checkpoint_trainable_only
 
@@ -162,8 +162,8 @@ def instance_images(recipe: TrainDreamBoothRecipe) -> tuple[list[Path], list[str
     """The instance images and their prompts. A folder with metadata.jsonl lists its images there (file_name), and
     `instance_prompt` may then name its columns, e.g. "a {color} sks shape on a {background} background"; a plain
     folder gives every image the prompt as written."""
-    from sdkit.recipes.finetune import image_files
     from sdkit.training.data import read_imagefolder
+    from sdkit.training.finetune import image_files
 
     folder = Path(recipe.instance_data_dir).expanduser()
     fields = sorted({name for _, name, _, _ in string.Formatter().parse(recipe.instance_prompt) if name})
@@ -196,8 +196,8 @@ def ensure_class_images(recipe: TrainDreamBoothRecipe, pipe, class_dir: Path, ac
     base model as class-NNNNN.png (seed `seed + N`), shared out between processes under `accelerate launch`.
     """
     from sdkit.progress import bar, warn
-    from sdkit.recipes.finetune import image_files
     from sdkit.training.data import read_imagefolder
+    from sdkit.training.finetune import image_files
 
     if (class_dir / "metadata.jsonl").is_file():
         rows = read_imagefolder(class_dir, "text", max_rows=recipe.num_class_images)

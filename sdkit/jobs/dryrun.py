@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdkit.errors import UserError
-from sdkit.jobs import check_references
+from sdkit.jobs.parse import check_references
 
 if TYPE_CHECKING:
-    from sdkit.jobs import Job
+    from sdkit.jobs.parse import Job
 
 
 def dry_run(jobs: list[Job]) -> None:
@@ -32,7 +32,7 @@ def dry_run(jobs: list[Job]) -> None:
         recipe = job.task.schema.model_validate(job.raw)
         if job.task.name == "generate":
             from sdkit.conditioning import resolve_controlnet
-            from sdkit.recipes.generate import check
+            from sdkit.tasks.generate import check
 
             model, _ = check(recipe)
             hub = [("model", model.location)] if model.kind == "hub" else []
@@ -63,7 +63,7 @@ CREATED_WHEN_MISSING = frozenset({"class_data_dir"})
 
 def check_input_paths(job: Job, recipe: Any, produced: list[Path]) -> None:
     """Every Path field of a task's recipe (but its output) names a file or folder that exists, or that an earlier
-    job of the run writes. generate checks its own inputs (sdkit.recipes.generate.check)."""
+    job of the run writes. generate checks its own inputs (sdkit.tasks.generate.check)."""
     skip = {job.task.output_field, *CREATED_WHEN_MISSING}
     for name, field_info in type(recipe).model_fields.items():
         value = getattr(recipe, name)

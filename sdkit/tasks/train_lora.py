@@ -19,16 +19,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdkit.recipes.finetune import FinetuneResult
 from sdkit.schema.finetune import TrainLoraRecipe
+from sdkit.training.finetune import FinetuneResult
 
 
 def run(recipe: TrainLoraRecipe) -> FinetuneResult:
     """Train the LoRA as the recipe says; return the saved files and the trained pipeline (adapter attached)."""
     from accelerate.utils import set_seed
 
-    from sdkit.recipes import finetune as ft
     from sdkit.training import data
+    from sdkit.training import finetune as ft
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
     from sdkit.training.partial import checkpoint_trainable_only
 

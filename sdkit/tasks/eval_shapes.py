@@ -141,7 +141,7 @@ def print_table(name: str, scores: list[Score]) -> None:
 
 
 def write_report(out: Path, report: dict, samples) -> None:
-    from sdkit.training.plots import labelled_grid
+    from sdkit.grids import labelled_grid
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))

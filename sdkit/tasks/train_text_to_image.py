@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from sdkit.errors import SdkitError, UserError
+from sdkit.errors import UserError
 from sdkit.schema.train import TrainTextToImageRecipe
 from sdkit.training.diffusion import denoising_loss
 
@@ -36,9 +36,9 @@ def run(recipe: TrainTextToImageRecipe) -> Path:
     import torch
     from accelerate.utils import set_seed
 
-    from sdkit.recipes.finetune import write_recipe
     from sdkit.training import checkpoints as ckpt
     from sdkit.training import data
+    from sdkit.training.finetune import write_recipe
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
     from sdkit.training.results import finished
 
@@ -297,7 +297,7 @@ def _save(pipe, noise_scheduler, out: Path) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from sdkit.recipes.finetune import save_model_folder
+    from sdkit.training.finetune import save_model_folder
 
     scheduler = _inference_scheduler(pipe, noise_scheduler)
     modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
@@ -309,23 +309,3 @@ def _save(pipe, noise_scheduler, out: Path) -> None:
     )  # fmt: skip
     save_model_folder(final, out)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sdkit.recipes.train_text_to_image FILE.yaml`: the same as `sdkit run FILE.yaml` (sdkit.jobs)."""
-    import argparse
-
-    from sdkit.jobs import load_file, run_jobs
-
-    parser = argparse.ArgumentParser(prog="python -m sdkit.recipes.train_text_to_image", description=main.__doc__)
-    parser.add_argument("recipe", type=Path, help="YAML recipe: one job, or jobs: [...] (see recipes/train/)")
-    args = parser.parse_args(argv)
-    try:
-        run_jobs(load_file(args.recipe))
-    except SdkitError as err:
-        print(f"error: {err}" if isinstance(err, UserError) else str(err), file=sys.stderr)
-        return err.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -33,8 +33,8 @@ def run(recipe: TrainControlNetRecipe) -> Path:
     import torch
     from accelerate.utils import set_seed
 
-    from sdkit.recipes.finetune import write_recipe
     from sdkit.training import data
+    from sdkit.training.finetune import write_recipe
     from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
 
     # 0. cheap checks first: output folder and resume, dataset rows, validation maps, the base model (nothing loaded)
