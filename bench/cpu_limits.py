@@ -47,7 +47,7 @@ def flops_by_class(unet, inputs: tuple) -> dict[str, int]:
 
 def seconds_by_class(variant, fp32_unet, inputs: tuple) -> dict[str, float]:
     """Self CPU seconds per class of one profiled step of `variant` on `fp32_unet` (after one warm-up step)."""
-    from bench.cpu_compute import Applied
+    from bench.cpu_variants import Applied
     from bench.sd_configs import cast
 
     bf16 = cast(copy.deepcopy(fp32_unet), torch.bfloat16) if variant.bf16_weights else fp32_unet
@@ -64,7 +64,7 @@ def seconds_by_class(variant, fp32_unet, inputs: tuple) -> dict[str, float]:
 def breakdown(variant, size: int, peak: float, label: str):
     """Figures for SD 1.5's UNet at `size` px: each class's share of the step and its GFLOP/s as a fraction of `peak`."""
     from bench.common import Figure
-    from bench.cpu_compute import unet_inputs
+    from bench.cpu_variants import unet_inputs
     from bench.sd_configs import build_unet
 
     unet, inputs = build_unet("sd15"), unet_inputs(size)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bench import cpu_compute, cpu_limits, gpu, sd_configs
+from bench import cpu_compute, cpu_limits, cpu_variants, gpu, sd_configs
 
 
 def test_sd15_unet_config_matches_published_parameter_count():
@@ -82,9 +82,9 @@ def test_variant_settings_are_undone_and_bf16_holds_quality():
     threads, precision = torch.get_num_threads(), torch.backends.mkldnn.fp32_precision
     inputs = (torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), torch.randn(2, 77, 32))
     outputs = {}
-    for v in (cpu_compute.Variant("ref"), cpu_compute.Variant("classic", attention="classic", channels_last=True, threads=1),
-              cpu_compute.Variant("bf16", bf16_weights=True, channels_last=True, onednn_bf16=True)):  # fmt: skip
-        with cpu_compute.Applied(v, fp32, bf16) as step:
+    for v in (cpu_variants.Variant("ref"), cpu_variants.Variant("classic", attention="classic", channels_last=True, threads=1),
+              cpu_variants.Variant("bf16", bf16_weights=True, channels_last=True, onednn_bf16=True)):  # fmt: skip
+        with cpu_variants.Applied(v, fp32, bf16) as step:
             outputs[v.name] = step(*inputs)
         assert {k: type(p) for k, p in fp32.attn_processors.items()} == processors
         assert (torch.get_num_threads(), torch.backends.mkldnn.fp32_precision) == (threads, precision)
@@ -104,7 +104,7 @@ def test_limits_split_a_step_by_operation_class():
     inputs = (torch.randn(2, 4, 16, 16), torch.tensor([500, 500]), torch.randn(2, 77, 32))
     flops = cpu_limits.flops_by_class(unet, inputs)
     assert {"convolution", "attention", "linear"} <= set(flops) and min(flops.values()) > 0
-    variant = cpu_compute.Variant("bf16", bf16_weights=True, channels_last=True, threads=1)
+    variant = cpu_variants.Variant("bf16", bf16_weights=True, channels_last=True, threads=1)
     seconds = cpu_limits.seconds_by_class(variant, unet, inputs)
     assert {"convolution", "attention", "linear", "rest"} <= set(seconds) and min(seconds.values()) > 0
     assert unet.conv_in.weight.dtype == torch.float32 and unet.conv_in.weight.is_contiguous()  # the variant was undone
