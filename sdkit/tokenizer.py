@@ -74,7 +74,7 @@ GENERIC_WORDS: tuple[str, ...] = (
 
 def default_words() -> tuple[str, ...]:
     """The default vocabulary: `GENERIC_WORDS` plus every word the shapes world can caption (deduplicated, sorted)."""
-    from sdkit.data.shapes import vocabulary_words
+    from sdkit.data.world import vocabulary_words
 
     return tuple(sorted(set(GENERIC_WORDS) | {w.lower() for w in vocabulary_words()}))
 

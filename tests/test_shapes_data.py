@@ -28,6 +28,7 @@ from sdkit.data.shapes import (
 )
 from sdkit.errors import UserError
 from sdkit.schema.data import ShapesDataRecipe
+from sdkit.tasks import data_shapes
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -225,13 +226,28 @@ def test_bad_names_raise_one_line_user_errors() -> None:
 def test_schema_defaults_and_run(tmp_path: Path) -> None:
     recipe = ShapesDataRecipe(out=tmp_path / "r", n=4, colors=["red", "blue"], pattern="any", split="all")
     assert recipe.size == 64 and recipe.seed == 0 and recipe.shapes is None and not recipe.conditioning
-    out = shapes.run(recipe)
+    out = data_shapes.run(recipe)
     rows = read_metadata(out)
     assert len(rows) == 4 and {r["color"] for r in rows} <= {"red", "blue"}
     assert recipe.generic_noun == 0.0 and all("true_text" not in r for r in rows)
-    rows = read_metadata(shapes.run(ShapesDataRecipe(out=tmp_path / "noun", n=4, shapes=["heart"], generic_noun=1.0)))
+    rows = read_metadata(data_shapes.run(ShapesDataRecipe(out=tmp_path / "noun", n=4, shapes=["heart"], generic_noun=1.0)))
     assert {r["shape"] for r in rows} == {"heart"} and all(str(r["text"]).split()[2] == "shape" for r in rows)
     assert all(field.description for field in ShapesDataRecipe.model_fields.values())
+
+
+def test_the_task_keeps_the_same_dataset_and_refuses_another(tmp_path: Path) -> None:
+    """Running a recipe file again keeps a dataset written from the same recipe; another recipe into the same folder
+    (another seed) is refused, never taken as done: the rows are compared, not just counted."""
+    recipe = ShapesDataRecipe(out=tmp_path / "d", n=3, seed=1, conditioning=True)
+    out = data_shapes.run(recipe)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    assert data_shapes.run(recipe) == out
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    with pytest.raises(UserError, match="already exists and is not an empty directory"):
+        data_shapes.run(recipe.model_copy(update={"seed": 2}))
+    (out / "masks" / "00001.png").unlink()  # the same rows, a file missing: not the dataset the recipe describes
+    with pytest.raises(UserError, match="already exists"):
+        data_shapes.run(recipe)
 
 
 @pytest.mark.parametrize(

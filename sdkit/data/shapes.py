@@ -23,7 +23,7 @@ World
     optionally "a red shape on a blue background" (`generic_noun`: a class noun for DreamBooth's class prompts);
     `vocabulary_words()` lists every word a tokenizer needs (plus "sks" and "shape" for the concept-learning recipes).
 
-Run: `sdkit data shapes -o DIR --n 1000 --seed 0` (or `run(ShapesDataRecipe(...))`, or `write_dataset(...)`).
+Run: `sdkit data shapes -o DIR --n 1000 --seed 0` (the task `sdkit.tasks.data_shapes`), or `write_dataset(...)`.
 Same seed => byte-identical files.
 """
 
@@ -36,12 +36,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sdkit import atomic
+from sdkit.control.preprocessors import preprocess
 from sdkit.data.world import (  # noqa: F401 - re-exported: the world's vocabulary
     BASE_SHAPES,
     COLOR_NAMES,
@@ -60,7 +61,7 @@ from sdkit.data.world import (  # noqa: F401 - re-exported: the world's vocabula
 from sdkit.errors import UserError
 
 if TYPE_CHECKING:
-    from sdkit.schema.data import ShapesDataRecipe
+    pass
 
 STAR_INNER_RATIO = 0.45
 CRESCENT_SHIFT = 0.8  # the bite's disc is centred this many radii right of the crescent's
@@ -220,16 +221,6 @@ def render_mask(sample: Sample, size: int | None = None) -> Image.Image:
     return Image.fromarray(mask.astype(np.uint8) * 255)
 
 
-def canny(image: Image.Image | np.ndarray, low: int = 100, high: int = 200) -> Image.Image:
-    """Canny edges as an RGB image, computed on the colour image like controlnet-aux's CannyDetector."""
-    import cv2
-
-    edges = cv2.Canny(
-        np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)), low, high
-    )
-    return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
-
-
 def allowed_combos(shapes: Sequence[str], colors: Sequence[str], split: str = "train") -> list[tuple[str, str]]:
     """(colour, shape) pairs a split may draw: train excludes `HELD_OUT`, heldout is only those, all is everything."""
     _check_names("split", [split], SPLITS)
@@ -281,21 +272,9 @@ def sample_world(
     return out
 
 
-def write_dataset(
-    out_dir: str | os.PathLike[str],
-    n: int,
-    seed: int = 0,
-    size: int = 64,
-    shapes: Sequence[str] | None = None,
-    colors: Sequence[str] | None = None,
-    backgrounds: Sequence[str] | None = None,
-    split: str = "train",
-    pattern: str = "solid",
-    conditioning: bool = False,
-    caption_noise: float = 0.0,
-    generic_noun: float = 0.0,
-) -> Path:
-    """Write `n` scenes as a Hugging Face imagefolder dataset and return its directory.
+def write_dataset(out_dir: str | os.PathLike[str], n: int, **settings: Any) -> Path:
+    """Write `n` scenes as a Hugging Face imagefolder dataset and return its directory. `settings` are
+    `plan_dataset`'s: seed, size, shapes, colors, backgrounds, split, pattern, conditioning, caption_noise, generic_noun.
 
     Layout: `images/NNNNN.png` + `metadata.jsonl` (`file_name`, `text`, shape, color, background, x, y, size,
     pattern); with `conditioning`, also `conditioning/NNNNN.png` (Canny edges of the image, column
@@ -314,24 +293,10 @@ def write_dataset(
         raise UserError(
             f"{out} already exists and is not an empty directory: choose a new output directory or remove it"
         )
-    shapes = BASE_SHAPES if shapes is None else tuple(shapes)
-    samples = sample_world(
-        np.random.default_rng(seed),
-        n,
-        shapes=shapes,
-        colors=COLOR_NAMES if colors is None else tuple(colors),
-        backgrounds=backgrounds,
-        split=split,
-        pattern=pattern,
-        canvas=size,
-    )
-    texts = None
-    if caption_noise or generic_noun:
-        generic = np.random.default_rng([seed, 2]).random(n) < generic_noun
-        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes, generic.tolist())
+    samples, rows = plan_dataset(n, **settings)
     try:
         with atomic.staged_dir(out) as tmp:  # an existing `out` is empty (checked above)
-            _write_files(tmp, samples, size, conditioning, texts)
+            _write_files(tmp, samples, rows)
     except OSError as err:
         if err.errno not in atomic.NO_SPACE:
             raise
@@ -369,28 +334,66 @@ def noisy_captions(
     return texts
 
 
-def _write_files(
-    root: Path, samples: Sequence[Sample], size: int, conditioning: bool, texts: Sequence[str] | None = None
-) -> None:
-    width = max(5, len(str(len(samples) - 1)))
-    subdirs = ("images", "conditioning", "masks") if conditioning else ("images",)
-    for sub in subdirs:
-        (root / sub).mkdir()
-    lines = []
+def plan_dataset(
+    n: int,
+    seed: int = 0,
+    size: int = 64,
+    shapes: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    backgrounds: Sequence[str] | None = None,
+    split: str = "train",
+    pattern: str = "solid",
+    conditioning: bool = False,
+    caption_noise: float = 0.0,
+    generic_noun: float = 0.0,
+) -> tuple[list[Sample], list[dict[str, object]]]:
+    """The scenes of a dataset and its metadata.jsonl rows, drawn without rendering (see `write_dataset`)."""
+    shapes = BASE_SHAPES if shapes is None else tuple(shapes)
+    samples = sample_world(
+        np.random.default_rng(seed),
+        n,
+        shapes=shapes,
+        colors=COLOR_NAMES if colors is None else tuple(colors),
+        backgrounds=backgrounds,
+        split=split,
+        pattern=pattern,
+        canvas=size,
+    )
+    texts = None
+    if caption_noise or generic_noun:
+        generic = np.random.default_rng([seed, 2]).random(n) < generic_noun
+        texts = noisy_captions(np.random.default_rng([seed, 1]), samples, caption_noise, shapes, generic.tolist())
+    width = max(5, len(str(n - 1)))
+    rows = []
     for i, sample in enumerate(samples):
         name = f"{i:0{width}d}.png"
-        rgb, mask = _render_arrays(sample, size)
-        Image.fromarray(rgb).save(root / "images" / name)
         row: dict[str, object] = {"file_name": f"images/{name}", "text": sample.text, **sample.fields()}
         if texts is not None:
             row.update(text=texts[i], true_text=sample.text)
         if conditioning:
-            canny(rgb).save(root / "conditioning" / name)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / name)
             row["conditioning_image"] = f"conditioning/{name}"
             row["mask_image"] = f"masks/{name}"
-        lines.append(json.dumps(row))
-    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        rows.append(row)
+    return samples, rows
+
+
+def metadata_text(rows: Sequence[dict[str, object]]) -> str:
+    """metadata.jsonl as `write_dataset` writes it."""
+    return "\n".join(json.dumps(row) for row in rows) + "\n"
+
+
+def _write_files(root: Path, samples: Sequence[Sample], rows: Sequence[dict[str, object]]) -> None:
+    """Render every sample at its canvas size into the files its row names, then metadata.jsonl."""
+    conditioning = "conditioning_image" in rows[0]
+    for sub in ("images", "conditioning", "masks") if conditioning else ("images",):
+        (root / sub).mkdir()
+    for sample, row in zip(samples, rows, strict=True):
+        rgb, mask = _render_arrays(sample, sample.canvas)
+        Image.fromarray(rgb).save(root / str(row["file_name"]))
+        if conditioning:
+            preprocess("canny", Image.fromarray(rgb)).save(root / str(row["conditioning_image"]))  # as --control canny=
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / str(row["mask_image"]))
+    (root / "metadata.jsonl").write_text(metadata_text(rows), encoding="utf-8")
 
 
 def read_metadata(dataset_dir: str | os.PathLike[str]) -> list[dict[str, object]]:
@@ -400,31 +403,3 @@ def read_metadata(dataset_dir: str | os.PathLike[str]) -> list[dict[str, object]
         raise UserError(f"{path} not found: point at a directory written by `sdkit data shapes`")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def run(recipe: ShapesDataRecipe) -> Path:
-    """Write the dataset a `ShapesDataRecipe` describes; returns its directory."""
-    return write_dataset(
-        recipe.out,
-        recipe.n,
-        seed=recipe.seed,
-        size=recipe.size,
-        shapes=recipe.shapes,
-        colors=recipe.colors,
-        backgrounds=recipe.backgrounds,
-        split=recipe.split,
-        pattern=recipe.pattern,
-        conditioning=recipe.conditioning,
-        caption_noise=recipe.caption_noise,
-        generic_noun=recipe.generic_noun,
-    )
-
-
-def run_once(recipe: ShapesDataRecipe) -> Path:
-    """`run`, unless `recipe.out` already holds a complete dataset of `recipe.n` rows (re-running a recipe file)."""
-    import sys
-
-    metadata = Path(recipe.out) / "metadata.jsonl"
-    if metadata.is_file() and len(metadata.read_text().splitlines()) == recipe.n:
-        print(f"dataset {recipe.out} already written ({recipe.n} rows): kept", file=sys.stderr)
-        return Path(recipe.out)
-    return run(recipe)
