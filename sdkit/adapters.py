@@ -50,7 +50,8 @@ def _load_lora(pipe, path: Path, adapter: str) -> None:
     a temporary file in one format (diffusers would load only the layers named like the first key)."""
     import tempfile
 
-    from sdkit.lora_io import mixed_unet_keys_renamed, read_metadata, write_safetensors
+    from sdkit.atomic import write_safetensors
+    from sdkit.lora_io import mixed_unet_keys_renamed, read_metadata
 
     renamed = mixed_unet_keys_renamed(path)
     if renamed is None:

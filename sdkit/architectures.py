@@ -95,6 +95,8 @@ def _frozen(**kwargs: Any) -> Mapping[str, Any]:
     return MappingProxyType(kwargs)
 
 
+# Both tiny presets' UNet size (16x16 latents, 32/64 channels); their blocks differ.
+_TINY_UNET = _frozen(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1)
 # Both tiny presets' VAE: factor 2 (32 px images -> 16x16x4 latents).
 _TINY_VAE = _frozen(
     sample_size=32,
@@ -108,27 +110,25 @@ _TINY_VAE = _frozen(
     norm_num_groups=16,
 )
 
+def _tiny(**fields: Any) -> ArchitectureSpec:
+    """A tiny test preset: 32 px images, 77-token prompts, the tiny VAE."""
+    return ArchitectureSpec(image_size=32, model_max_length=77, vae=_TINY_VAE, **fields)
+
+
 PRESETS: Mapping[str, ArchitectureSpec] = MappingProxyType(
     {
-        "tiny-sd": ArchitectureSpec(
+        "tiny-sd": _tiny(
             name="tiny-sd",
             description="SD 1.x-shaped, tiny, random weights: for tests (32 px default, PNDM with SD 1.5's config).",
             family="sd",
-            image_size=32,
-            model_max_length=77,
             unet=_frozen(
-                sample_size=16,
-                in_channels=4,
-                out_channels=4,
-                block_out_channels=(32, 64),
-                layers_per_block=1,
+                **_TINY_UNET,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                 cross_attention_dim=32,
                 attention_head_dim=2,
                 norm_num_groups=16,
             ),
-            vae=_TINY_VAE,
             text_encoder=TextEncoderSpec(
                 hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37
             ),
@@ -136,18 +136,12 @@ PRESETS: Mapping[str, ArchitectureSpec] = MappingProxyType(
             scheduler_class="PNDMScheduler",
             scheduler=SD15_SCHEDULER,
         ),
-        "tiny-sdxl": ArchitectureSpec(
+        "tiny-sdxl": _tiny(
             name="tiny-sdxl",
             description="SDXL-shaped, tiny, random weights: for tests (two text encoders, 32 px default, Euler).",
             family="sdxl",
-            image_size=32,
-            model_max_length=77,
             unet=_frozen(  # as diffusers' own SDXL pipeline tests (get_dummy_components), at 32/64 channels
-                sample_size=16,
-                in_channels=4,
-                out_channels=4,
-                block_out_channels=(32, 64),
-                layers_per_block=1,
+                **_TINY_UNET,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                 attention_head_dim=(2, 4),
@@ -159,7 +153,6 @@ PRESETS: Mapping[str, ArchitectureSpec] = MappingProxyType(
                 cross_attention_dim=64,  # 32 + 32: both encoders' hidden states, concatenated
                 norm_num_groups=16,
             ),
-            vae=_TINY_VAE,
             text_encoder=TextEncoderSpec(
                 hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, hidden_act="gelu"
             ),

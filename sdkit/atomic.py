@@ -25,8 +25,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})  # what a full disk (or a size limit/quota) raises
 
@@ -128,6 +129,14 @@ def write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
 
 def write_text(path: Path, text: str, *, overwrite: bool = True) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
+    """A safetensors file written like every other: `save_file` into a temporary sibling, then `publish`ed."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return write_file(Path(path), lambda tmp: save_file(state, str(tmp), metadata=dict(metadata)))
 
 
 def finish_tree(root: Path) -> None:

@@ -55,14 +55,6 @@ def read_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def write_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> Path:
-    """`save_file` to a temporary sibling, then rename onto `path` (`sdkit.atomic`: ordinary permissions, fsynced)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic.write_file(Path(path), lambda tmp: save_file(state, str(tmp), metadata=dict(metadata)))
-
-
 def _peft_state(module, prefix: str) -> dict[str, Any]:
     from peft.utils import get_peft_model_state_dict
 
@@ -114,11 +106,11 @@ def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, 
         written = Path(tmp) / LORA_FILE
         header = read_metadata(written)  # diffusers' own: format, lora_adapter_metadata
         tensors = _load(written)
-        paths = [write_safetensors(out_dir / LORA_FILE, tensors, {**metadata, **header})]
+        paths = [atomic.write_safetensors(out_dir / LORA_FILE, tensors, {**metadata, **header})]
     if kohya_name is not None:
         alpha = float(unet.peft_config["default"].lora_alpha)
         paths.append(
-            write_safetensors(out_dir / f"{kohya_name}.safetensors", kohya_state_dict(unet, text_encoder, alpha),
+            atomic.write_safetensors(out_dir / f"{kohya_name}.safetensors", kohya_state_dict(unet, text_encoder, alpha),
                               {**metadata, "format": "pt"})
         )  # fmt: skip
     return paths

@@ -80,20 +80,27 @@ def read_marker(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / MARKER).read_text())
 
 
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+def resolve_resume(output_dir: Path, resume: str | None, outputs: Sequence[Path] = ()) -> Path | None:
     """The checkpoint a run resumes from.
 
-    None: a fresh start, refused when `output_dir` already holds a run (so nothing is overwritten by accident).
+    None: a fresh start, refused when `output_dir` already holds a run: a complete checkpoint, or one of `outputs`
+    (the trainer's result files), so nothing is overwritten by accident.
     "latest": the newest complete checkpoint, or None (fresh start) when there is none.
     A path: it must exist and be complete; anything else is a UserError, never a silent fresh start.
     Either way the checkpoint is `verified` here (manifest, tensors-only files), before any model is loaded.
     """
     output_dir = Path(output_dir)
     if resume is None:
-        if complete_checkpoints(output_dir) or (output_dir / "model").exists():
+        if complete_checkpoints(output_dir):
             raise UserError(
-                f"{output_dir} already holds a training run (checkpoints/ or model/): continue it with --resume latest, "
+                f"{output_dir} already holds a training run (checkpoints/): continue it with --resume latest, "
                 "or choose another output folder"
+            )
+        existing = [p for p in outputs if Path(p).exists()]
+        if existing:
+            raise UserError(
+                f"{output_dir} already holds a trained result ({Path(existing[0]).name}): continue it with "
+                "--resume latest, or choose another output folder"
             )
         return None
     if resume == "latest":
@@ -171,19 +178,9 @@ def save_checkpoint(
     if accelerator.is_main_process:
         marker = {"complete": True, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
         marker["files"] = checkpoint_files.manifest(tmp, skip=MARKER)
-        with open(tmp / MARKER, "w") as f:
-            json.dump(marker, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         atomic.finish_tree(tmp)  # ordinary permissions (safetensors writes 0600 files) and every file on disk
-        if final.exists():  # e.g. a run restarted from an older checkpoint reaches this step again
-            old = root / f"{TMP_PREFIX}old-step-{step}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        atomic.replace_dir(tmp, final)  # an older step-N (a run restarted from an earlier checkpoint) goes only now
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
