@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import assert_user_error, invoke, snapshot
+from helpers import assert_user_error, invoke, snapshot
 
 from sdkit.errors import UserError
 from sdkit.schema.control import TrainControlNetRecipe
-from sdkit.tasks.train_controlnet import run
+from sdkit.tasks import train_controlnet
+
+
+def run(recipe) -> Path:
+    """The trained result folder (what `sdkit train` prints first)."""
+    return train_controlnet.run(recipe).files[0]
 
 FAST = {
     "train_batch_size": 3,

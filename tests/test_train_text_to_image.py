@@ -16,8 +16,13 @@ import yaml
 
 from sdkit.errors import UserError
 from sdkit.schema.train import TrainTextToImageRecipe
-from sdkit.tasks.train_text_to_image import run
+from sdkit.tasks import train_text_to_image
 from sdkit.training import checkpoints as ckpt
+
+
+def run(recipe) -> Path:
+    """The trained result folder (what `sdkit train` prints first)."""
+    return train_text_to_image.run(recipe).files[0]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -151,6 +156,7 @@ def test_sigint_saves_a_checkpoint_and_resume_matches(shapes_data, tmp_path):
     assert all((a[k] == b[k]).all() for k in a)
 
 
+@pytest.mark.slow  # multi-process or end to end
 def test_accelerate_launch_two_processes(shapes_data, tmp_path):
     # Two jobs in one launch: a VAE stage, then a bf16 UNet stage on its output (accelerate state reset in between).
     common = {"task": "train-text-to-image", **FAST, "data_dir": str(shapes_data), "checkpointing_steps": 1}
@@ -252,7 +258,7 @@ def test_add_words_errors(tmp_path, tiny_sd_dir, shapes_data):
 def test_data_names_the_dataset_for_every_trainer(tmp_path):
     """`--data` (the README's spelling) is accepted by text-to-image as by the other trainers: the error is about the
     missing folder, not an unknown option."""
-    from cli_helpers import assert_user_error, invoke
+    from helpers import assert_user_error, invoke
 
     for task, *extra in (["text-to-image"], ["lora"], ["controlnet"], ["textual-inversion", "--token", "<zig>", "--init-token", "triangle"]):
         args = ["train", task, "-m", "shapes", "--data", tmp_path / "nowhere", "-o", tmp_path / task, *extra]

@@ -17,7 +17,7 @@ from sdkit.schema.train import TrainCommon
 from sdkit.training import checkpoints as ckpt
 from sdkit.training import data
 from sdkit.training.checkpoints import StopSignals
-from sdkit.training.loop import TrainTask, accelerator_session, fused_adamw_ok, run_training
+from sdkit.training.loop import TrainingSpec, accelerator_session, fused_adamw_ok, run_training
 from sdkit.training.plots import loss_curve
 
 
@@ -51,7 +51,7 @@ def train_toy(out: Path, **fields) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 1)
     with accelerator_session(common) as accelerator:
-        result = run_training(accelerator, common, TrainTask(modules={"net": net}, dataset=Toy(), loss_fn=toy_loss))
+        result = run_training(accelerator, common, TrainingSpec(modules={"net": net}, dataset=Toy(), loss_fn=toy_loss))
     return {k: v.clone() for k, v in result.modules["net"].state_dict().items()}
 
 
@@ -88,7 +88,7 @@ def test_sigterm_finishes_the_step_saves_and_resume_matches(tmp_path):
                          learning_rate=0.05, checkpointing_steps=None, log_every=100)  # fmt: skip
     torch.manual_seed(0)
     with accelerator_session(common) as accelerator, pytest.raises(TrainingInterrupted) as stopped:
-        run_training(accelerator, common, TrainTask(modules={"net": torch.nn.Linear(4, 1)}, dataset=Toy(), loss_fn=loss_then_sigterm))
+        run_training(accelerator, common, TrainingSpec(modules={"net": torch.nn.Linear(4, 1)}, dataset=Toy(), loss_fn=loss_then_sigterm))
     assert stopped.value.exit_code == 143 and "SIGTERM at step 3/6" in str(stopped.value)
     assert stopped.value.checkpoint == tmp_path / "run/checkpoints/step-3" and ckpt.is_complete(stopped.value.checkpoint)
     assert sig.getsignal(sig.SIGTERM) is handler  # no handler left behind

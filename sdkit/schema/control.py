@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sdkit.schema.base import Schema, cli
-from sdkit.schema.train import TrainCommon
+from sdkit.schema.train import DenoisingLoss, TrainCommon, TrainingImages
 
 ANNOTATORS_ENV = "SDKIT_ANNOTATORS"
 
@@ -191,7 +191,7 @@ class PreprocessRecipe(Schema):
         return values
 
 
-class TrainControlNetRecipe(TrainCommon):
+class TrainControlNetRecipe(TrainingImages, DenoisingLoss, TrainCommon):
     """`sdkit train controlnet`: train a ControlNet for a frozen SD 1.x/2.x pipeline on (image, control map, caption)."""
 
     task: Literal["train-controlnet"] = Field(
@@ -217,12 +217,6 @@ class TrainControlNetRecipe(TrainCommon):
         None, description="What the control maps are (canny, depth, ...): recorded in OUT/control.json for users."
     )
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
-    resolution: int | None = Field(
-        None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size)."
-    )
-    center_crop: bool = Field(
-        True, description="Resize the shorter side and crop the centre (False: random crop per step)."
-    )
     random_flip: bool = Field(False, description="Flip image and control map together at random.")
     cache_latents: bool = Field(
         True, description="Encode every image once with the frozen VAE (needs center_crop and no random_flip)."
@@ -234,9 +228,6 @@ class TrainControlNetRecipe(TrainCommon):
         None,
         description="Channels of the control-map encoder; it downsamples len-1 times, which must match the VAE "
         "factor. None: SD's (16, 32, 96, 256) for a factor-8 VAE, (16, 32, 64) for factor 4, ...",
-    )
-    snr_gamma: float | None = Field(
-        None, gt=0, description="Min-SNR loss weighting gamma; None: plain MSE (as diffusers)."
     )
     validation_conditioning: list[Path] = Field(
         default_factory=list,
@@ -253,10 +244,6 @@ class TrainControlNetRecipe(TrainCommon):
 
     @model_validator(mode="after")
     def _check(self) -> TrainControlNetRecipe:
-        if self.resolution is not None and self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
-        if self.cache_latents and (self.random_flip or not self.center_crop):
-            raise ValueError("cache_latents needs center_crop true and random_flip false (or set cache_latents false)")
         if self.validation_conditioning and len(self.validation_conditioning) not in (1, len(self.validation_prompts)):
             raise ValueError(
                 f"{len(self.validation_conditioning)} validation_conditioning images for "

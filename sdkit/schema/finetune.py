@@ -15,39 +15,21 @@ from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.adapters import token_problem
 from sdkit.schema.base import Schema, cli
-from sdkit.schema.train import TimestepBias, TrainCommon
+from sdkit.schema.train import CaptionedImages, DenoisingLoss, TrainCommon, TrainingImages
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TI_TEMPLATES = ["a photo of {token}", "a picture of {token}", "an image of {token}", "a rendering of {token}"]
 
 
-class FinetuneCommon(TimestepBias, TrainCommon):
-    """The model to start from and the denoising-loss settings every fine-tuning task shares."""
+class FinetuneCommon(TrainingImages, DenoisingLoss, TrainCommon):
+    """The model to start from, and the image and loss settings every fine-tuning task shares."""
 
     model: str = Field(
         "shapes",
         description="Pipeline to fine-tune (SD 1.x/2.x): a diffusers folder, .safetensors checkpoint, hub id or alias.",
         json_schema_extra=cli("-m"),
     )
-    resolution: int | None = Field(None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size).")
-    center_crop: bool = Field(
-        True, description="Resize the shorter side to the resolution and crop the centre (False: a random crop per step)."
-    )
-    random_flip: bool = Field(False, description="Flip images horizontally at random (off: captions that name left/right would lie).")
-    cache_latents: bool = Field(
-        False, description="Encode every image once with the frozen VAE and keep its latent distribution (needs center_crop, no random_flip)."
-    )
-    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE.")
-    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
-
-    @model_validator(mode="after")
-    def _check_images(self) -> FinetuneCommon:
-        if self.resolution is not None and self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
-        if self.cache_latents and (self.random_flip or not self.center_crop):
-            raise ValueError("cache_latents needs center_crop true and random_flip false")
-        return self
 
 
 class LoraFields(Schema):
@@ -84,18 +66,12 @@ class LoraFields(Schema):
         return value
 
 
-class TrainLoraRecipe(LoraFields, FinetuneCommon):
+class TrainLoraRecipe(CaptionedImages, LoraFields, FinetuneCommon):
     """`sdkit train lora`: a LoRA on the UNet (optionally the text encoder) of a pipeline, from captioned images."""
 
     task: Literal["train-lora"] = Field(
         "train-lora", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
     )
-    data_dir: Path = Field(
-        description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
-        json_schema_extra=cli("-d", "--data"),
-    )
-    caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
-    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
     caption_dropout: float = Field(
         0.0, ge=0, le=1, description="Probability of training on the empty caption, so the adapter also learns the "
         "unconditional prediction that classifier-free guidance subtracts.",

@@ -101,7 +101,46 @@ class TimestepBias(Schema):
     )
 
 
-class TrainTextToImageRecipe(TimestepBias, TrainCommon):
+class DenoisingLoss(TimestepBias):
+    """The switches of the denoising loss every diffusion trainer shares (`sdkit.training.diffusion`)."""
+
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE.")
+    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
+
+
+class TrainingImages(Schema):
+    """How training images become tensors: size, crop, flip, and latents cached once."""
+
+    resolution: int | None = Field(None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size).")
+    center_crop: bool = Field(
+        True, description="Resize the shorter side to the resolution and crop the centre (False: a random crop per step)."
+    )
+    random_flip: bool = Field(False, description="Flip images horizontally at random (off: captions that name left/right would lie).")
+    cache_latents: bool = Field(
+        False, description="Encode every image once with the frozen VAE and keep its latent distribution (needs center_crop, no random_flip)."
+    )
+
+    @model_validator(mode="after")
+    def _check_images(self) -> TrainingImages:
+        if self.resolution is not None and self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
+        if self.cache_latents and (self.random_flip or not self.center_crop):
+            raise ValueError("cache_latents needs center_crop true and random_flip false")
+        return self
+
+
+class CaptionedImages(Schema):
+    """A dataset of captioned images: a Hugging Face imagefolder (images plus metadata.jsonl)."""
+
+    data_dir: Path = Field(
+        description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
+        json_schema_extra=cli("-d", "--data"),
+    )
+    caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
+    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
+
+
+class TrainTextToImageRecipe(CaptionedImages, TrainingImages, DenoisingLoss, TrainCommon):
     """`sdkit train text-to-image`: fine-tune a pipeline, or train one from a named preset (VAE stage, then UNet stage)."""
 
     task: Literal["train-text-to-image"] = Field("train-text-to-image", description="Task name in YAML job lists.")
@@ -129,21 +168,6 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
         "captions); the text encoder's table grows by their rows (transformers' mean resizing). Words that already "
         "are one token are kept as trained. Needs train_text_encoder.",
     )
-    data_dir: Path = Field(
-        description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
-        json_schema_extra=cli("-d", "--data"),
-    )
-    caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
-    max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
-    resolution: int | None = Field(
-        None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size)."
-    )
-    center_crop: bool = Field(
-        True, description="Resize the shorter side to the resolution and crop the centre (False: a random crop per step)."
-    )
-    random_flip: bool = Field(
-        False, description="Flip images horizontally at random (off: captions that name left/right would lie)."
-    )
     cache_latents: bool = Field(
         False,
         description="unet stage: encode every image once with the frozen VAE and keep the latent distributions in "
@@ -163,7 +187,6 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
     snr_gamma: float | None = Field(
         5.0, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE."
     )
-    noise_offset: float = Field(0.0, ge=0, description="Offset noise strength (0: off).")
     train_text_encoder: bool = Field(False, description="unet stage: also train the text encoder.")
     kl_weight: float = Field(1e-6, ge=0, description="vae stage: weight of the KL term beside the reconstruction MSE.")
     train_vae_encoder: bool = Field(
@@ -184,12 +207,10 @@ class TrainTextToImageRecipe(TimestepBias, TrainCommon):
             bad = [w for w in self.add_words if not re.fullmatch(r"[a-z]+", w)]
             if bad or not self.add_words or len(set(self.add_words)) != len(self.add_words):
                 raise ValueError(f"add_words must list distinct lower-case words of letters a-z (got {self.add_words})")
-        if self.resolution is not None and self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
             raise ValueError("rescale_betas_zero_snr needs prediction_type v_prediction (epsilon is undefined at zero SNR)")
         if not self.train_vae_encoder and (self.stage != "vae" or self.model is None):
             raise ValueError("train_vae_encoder false (decoder-only) needs stage vae and a model to fine-tune")
-        if self.cache_latents and (self.stage == "vae" or self.random_flip or not self.center_crop):
-            raise ValueError("cache_latents needs stage unet, center_crop true and random_flip false")
+        if self.cache_latents and self.stage == "vae":
+            raise ValueError("cache_latents needs stage unet (the vae stage trains the encoder it would cache)")
         return self

@@ -1,7 +1,7 @@
 """`sdkit train text-to-image`: train a Stable Diffusion (1.x/2.x-style) pipeline on an imagefolder dataset.
 
-Like diffusers' train_text_to_image example, on sdkit's shared loop (`sdkit.training.loop`): noise from the model's
-own scheduler (DDPM on its betas), epsilon or v-prediction targets, caption dropout for classifier-free guidance,
+Like diffusers' train_text_to_image example, on the shared lifecycle (`sdkit.training.trainer`): noise from the
+model's own scheduler (DDPM on its betas), epsilon or v-prediction targets, caption dropout for classifier-free guidance,
 min-SNR weighting (`compute_snr`) and EMA (`EMAModel`) from `diffusers.training_utils`.
 
 Two ways in:
@@ -27,101 +27,116 @@ from types import SimpleNamespace
 from sdkit.errors import UserError
 from sdkit.schema.train import TrainTextToImageRecipe
 from sdkit.training.diffusion import denoising_loss
+from sdkit.training.trainer import (
+    GridRow,
+    Session,
+    Trainer,
+    TrainResult,
+    load_sd_pipeline,
+    place,
+    prompt_grid,
+    sd_pipeline,
+    train,
+)  # fmt: skip
 
 VALIDATION_IMAGES_VAE = 6  # reconstructions shown in the vae stage's validation grid
 
 
-def run(recipe: TrainTextToImageRecipe) -> Path:
-    """Train as the recipe says; return the saved pipeline folder (OUT/model)."""
-    import torch
-    from accelerate.utils import set_seed
+def run(recipe: TrainTextToImageRecipe) -> TrainResult:
+    """Train as the recipe says; return the saved pipeline folder (OUT/model) and the trained pipeline."""
+    return train(TextToImageTrainer(recipe))
 
-    from sdkit.training import checkpoints as ckpt
-    from sdkit.training import data
-    from sdkit.training.finetune import write_recipe
-    from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
-    from sdkit.training.results import finished
 
-    # 0. cheap checks first: resume target, dataset rows (no model loaded yet)
-    out = Path(recipe.output_dir)
-    if recipe.resume == "latest" and finished(out, [out / "model" / "model_index.json"], recipe.max_steps):
-        print(f"{out} already finished {recipe.max_steps} steps: nothing to do", file=sys.stderr)
-        return out / "model"
-    ckpt.resolve_resume(out, recipe.resume)
-    rows = data.read_imagefolder(recipe.data_dir, recipe.caption_column, max_rows=recipe.max_train_samples)
-    captions = [row[recipe.caption_column] for row in rows]
+class TextToImageTrainer(Trainer):
+    def outputs(self) -> list[str]:
+        return ["model"]
 
-    with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
-        set_seed(recipe.seed)
+    def check(self) -> None:
+        from sdkit.training.data import read_imagefolder
 
-        # 1. load: the pipeline to fine-tune, or a preset with random weights
-        pipe = _load(recipe, captions)
-        vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
-        scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        resolution = recipe.resolution or unet.config.sample_size * scale
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-        device = accelerator.device
-        for module in (vae, unet, text_encoder):
+        recipe = self.recipe
+        self.rows = read_imagefolder(recipe.data_dir, recipe.caption_column, max_rows=recipe.max_train_samples)
+        self.captions = [row[recipe.caption_column] for row in self.rows]
+
+    def load(self, s: Session):
+        return _load(self.recipe, self.captions)
+
+    def prepare(self, s: Session):
+        from sdkit.training import data
+        from sdkit.training.loop import TrainingSpec
+
+        recipe, pipe = self.recipe, s.pipe
+        for module in (pipe.vae, pipe.unet, pipe.text_encoder):
             module.requires_grad_(False)
 
-        # 2. data: decode once, tokenise with the pipeline's tokenizer, optionally cache latents
-        images = data.load_images([row["file_name"] for row in rows], resolution, recipe.center_crop)
-        if accelerator.is_main_process:  # every input checked: only now does the run write anything
-            write_recipe(recipe, out / "recipe.yaml")
-        input_ids = data.tokenize(tokenizer, captions)
-        empty_ids = data.tokenize(tokenizer, [""])[0]
-        live = {"vae": vae, "text_encoder": text_encoder, "unet": unet}  # what the loss and validation run
+        # 1. data: decode once, tokenise with the pipeline's tokenizer
+        self.images = images = data.load_images([row["file_name"] for row in self.rows], s.resolution, recipe.center_crop)
+        input_ids = data.tokenize(pipe.tokenizer, self.captions)
+
+        # 2. what trains: the VAE (stage vae), or the UNet and optionally the text encoder; frozen modules as cast
+        # copies, so the fp32 originals are what gets saved
+        live = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "unet": pipe.unet}  # what the loss and validation run
         if recipe.stage == "vae":
-            trainable = {"vae": _autoencoder_loss(vae)}
-            vae.requires_grad_(True)
+            trainable = {"vae": _autoencoder_loss(pipe.vae)}
+            pipe.vae.requires_grad_(True)
             if not recipe.train_vae_encoder:  # decoder-only: the encoder, and so the latent space, stay as they are
-                for module in (vae.encoder, vae.quant_conv):
+                for module in (pipe.vae.encoder, pipe.vae.quant_conv):
                     if module is not None:
                         module.requires_grad_(False)
         else:
-            trainable = {"unet": unet}
-            unet.requires_grad_(True)
+            trainable = {"unet": pipe.unet}
+            pipe.unet.requires_grad_(True)
             if recipe.train_text_encoder:
-                trainable["text_encoder"] = text_encoder
-                text_encoder.requires_grad_(True)
+                trainable["text_encoder"] = pipe.text_encoder
+                pipe.text_encoder.requires_grad_(True)
             else:
-                live["text_encoder"] = _frozen(text_encoder, device, weight_dtype)
-            live["vae"] = _frozen(vae, device, weight_dtype)
+                live["text_encoder"] = s.frozen("text_encoder", saved=True)
+            live["vae"] = s.frozen("vae", saved=True)
         if recipe.cache_latents:
-            latent_dist = data.encode_latents(live["vae"], images, recipe.train_batch_size, device, weight_dtype)
+            latent_dist = data.encode_latents(live["vae"], images, recipe.train_batch_size, s.device, s.dtype)
             dataset = data.CaptionedImages(input_ids, latent_dist=latent_dist)
         else:
             dataset = data.CaptionedImages(input_ids, pixels=images)
 
         # 3. the loss
-        noise_scheduler = _noise_scheduler(pipe, recipe)
+        self.noise_scheduler = _noise_scheduler(pipe, recipe)
         if recipe.stage == "vae":
-            loss_fn = _vae_loss(recipe, resolution, device)
+            loss_fn = _vae_loss(recipe, s.resolution, s.device)
         else:
-            loss_fn = denoising_loss(recipe, SimpleNamespace(**live), noise_scheduler, resolution, device,
-                                     empty_ids=empty_ids, caption_dropout=recipe.caption_dropout)
+            loss_fn = denoising_loss(recipe, SimpleNamespace(**live), self.noise_scheduler, s.resolution, s.device,
+                                     empty_ids=data.tokenize(pipe.tokenizer, [""])[0], caption_dropout=recipe.caption_dropout)  # fmt: skip
 
         # 4. validation
-        validate = _validator(recipe, pipe, live, noise_scheduler, images, captions, accelerator)
+        validate = _validator(s, live, self.noise_scheduler, images, self.captions)
+        return TrainingSpec(modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=validate,
+                            info={"task": recipe.task, "stage": recipe.stage})  # fmt: skip
 
-        # 5. train
-        task = TrainTask(
-            modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=validate,
-            info={"task": recipe.task, "stage": recipe.stage},
+    def save(self, s: Session, stage: Path) -> None:
+        """A plain diffusers folder: the trained modules and the untouched fp32 frozen ones, with the inference
+        scheduler told the trained prediction type; a from-scratch VAE gets its latent scaling factor measured."""
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        from sdkit.architectures import save_pipeline
+
+        recipe, pipe = self.recipe, s.pipe
+        if recipe.stage == "vae" and recipe.preset is not None:
+            factor = _measure_scaling_factor(pipe.vae, self.images, recipe.train_batch_size, s.device)
+            pipe.vae.register_to_config(scaling_factor=factor)
+            print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
+        modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
+        for module in modules.values():
+            place(module, "cpu", torch.float32)
+        final = StableDiffusionPipeline(
+            **modules, tokenizer=pipe.tokenizer, scheduler=_inference_scheduler(pipe, self.noise_scheduler),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
-        run_training(accelerator, recipe, task)
+        save_pipeline(final, stage / "model")
 
-        # 6. save: a plain diffusers folder (`pipe` holds the trained modules and the untouched fp32 frozen ones)
-        model_dir = out / "model"
-        if accelerator.is_main_process:
-            if recipe.stage == "vae" and recipe.preset is not None:
-                factor = _measure_scaling_factor(vae, images, recipe.train_batch_size, device)
-                vae.register_to_config(scaling_factor=factor)
-                print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
-            _save(pipe, noise_scheduler, out)
-            print(f"model saved: {model_dir}", file=sys.stderr)
-        accelerator.wait_for_everyone()
-    return model_dir
+    def saved_bytes(self, s: Session) -> int:
+        from sdkit.training.results import tensor_bytes
+
+        return tensor_bytes(s.pipe.vae, s.pipe.unet, s.pipe.text_encoder)
 
 
 def _autoencoder_loss(vae):
@@ -143,10 +158,7 @@ def _autoencoder_loss(vae):
 
 
 def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
-    """The StableDiffusionPipeline to train, in fp32 on the CPU."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
+    """The StableDiffusionPipeline to train, in fp32 on the CPU: a preset with random weights, or `recipe.model`."""
     if recipe.preset is not None:
         from sdkit.architectures import build_pipeline, get_preset
         from sdkit.tokenizer import default_words
@@ -157,14 +169,7 @@ def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
         if words is None:
             words = sorted(set(default_words()) | {w for c in captions for w in re.findall(r"[a-z]+", c.lower())})
         return build_pipeline(recipe.preset, words=words, seed=recipe.seed)
-    from sdkit.models import load_pipeline, resolve_model
-
-    pipe = load_pipeline(resolve_model(recipe.model, hash_local=False), torch_dtype=torch.float32)
-    if not isinstance(pipe, StableDiffusionPipeline):
-        raise UserError(
-            f"{recipe.model} is a {type(pipe).__name__}: text-to-image training supports SD 1.x/2.x pipelines "
-            "(StableDiffusionPipeline) only"
-        )
+    pipe = load_sd_pipeline(recipe)
     if recipe.add_words:
         from sdkit.tokenizer import add_words
 
@@ -205,71 +210,29 @@ def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
     return loss_fn
 
 
-def _validator(recipe, pipe, live, noise_scheduler, images, captions, accelerator):
+def _validator(s: Session, live, noise_scheduler, images, captions):
     """step -> grid rows: prompts × seeds (unet stage) or originals beside reconstructions with PSNR (vae stage)."""
     import torch
 
-    if recipe.stage == "vae":
-        count = min(VALIDATION_IMAGES_VAE, len(images))
+    recipe = s.recipe
+    if recipe.stage == "unet":
+        rows = [GridRow(prompt) for prompt in recipe.validation_prompts]
+        return prompt_grid(s, lambda: sd_pipeline(s.pipe, _inference_scheduler(s.pipe, noise_scheduler), **live), rows)
+    count = min(VALIDATION_IMAGES_VAE, len(images))
 
-        def validate_vae(step):
-            originals = torch.stack(images[:count]).to(accelerator.device, torch.float32).div(127.5).sub(1)
-            with torch.no_grad(), accelerator.autocast():
-                posterior = live["vae"].encode(originals).latent_dist
-                reconstruction = live["vae"].decode(posterior.mode()).sample.float().clamp(-1, 1)
-            mse = ((reconstruction - originals) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-            psnr = (10 * torch.log10(1 / mse)).tolist()
-            return [
-                [(captions[i], _to_pil(originals[i])) for i in range(count)],
-                [(f"reconstruction {psnr[i]:.1f} dB", _to_pil(reconstruction[i])) for i in range(count)],
-            ]
+    def validate_vae(step):
+        originals = torch.stack(images[:count]).to(s.device, torch.float32).div(127.5).sub(1)
+        with torch.no_grad(), s.accelerator.autocast():
+            posterior = live["vae"].encode(originals).latent_dist
+            reconstruction = live["vae"].decode(posterior.mode()).sample.float().clamp(-1, 1)
+        mse = ((reconstruction - originals) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        psnr = (10 * torch.log10(1 / mse)).tolist()
+        return [
+            [(captions[i], _to_pil(originals[i])) for i in range(count)],
+            [(f"reconstruction {psnr[i]:.1f} dB", _to_pil(reconstruction[i])) for i in range(count)],
+        ]
 
-        return validate_vae
-    if not recipe.validation_prompts:
-        return None
-    from diffusers import StableDiffusionPipeline
-
-    def validate_unet(step):
-        scheduler = _inference_scheduler(pipe, noise_scheduler)
-        val = StableDiffusionPipeline(
-            vae=live["vae"], text_encoder=live["text_encoder"], tokenizer=pipe.tokenizer, unet=live["unet"], scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
-        val.set_progress_bar_config(disable=True)
-        rows = []
-        for prompt in recipe.validation_prompts:
-            gens = [torch.Generator().manual_seed(recipe.seed + i) for i in range(recipe.validation_images)]
-            with torch.no_grad(), accelerator.autocast():
-                result = val(
-                    prompt, num_inference_steps=recipe.validation_inference_steps, guidance_scale=recipe.validation_guidance_scale,
-                    num_images_per_prompt=recipe.validation_images, generator=gens,
-                )  # fmt: skip
-            rows.append([(f"{prompt} (seed {recipe.seed + i})", image) for i, image in enumerate(result.images)])
-        return rows
-
-    return validate_unet
-
-
-def _frozen(module, device, dtype):
-    """The module on `device` in `dtype` for a frozen role; a cast COPY when the dtype changes, so the fp32
-    original (what gets saved) never goes through a lossy round trip."""
-    import copy
-
-    if next(module.parameters()).dtype == dtype:
-        module.to(device)
-        return module
-    twin = copy.deepcopy(module)
-    _place(twin, device, dtype)
-    return twin
-
-
-def _place(module, device, dtype) -> None:
-    """Move a module, then cast its floating-point weights (nn.Module's casts: diffusers' `to` warns about any dtype)."""
-    import torch
-
-    module.to(device)
-    if next(module.parameters()).dtype != dtype:
-        {torch.float16: module.half, torch.bfloat16: module.bfloat16, torch.float32: module.float}[dtype]()
+    return validate_vae
 
 
 def _to_pil(pixels):
@@ -289,23 +252,3 @@ def _measure_scaling_factor(vae, images, batch_size, device) -> float:
         dist = encode_latents(vae, images[:4096], batch_size, device, torch.float32)
         latents = sample_latents(dist, torch.Generator().manual_seed(0))
     return float(1.0 / latents.std().clamp_min(1e-6))
-
-
-def _save(pipe, noise_scheduler, out: Path) -> None:
-    """Save the trained pipeline as the diffusers folder OUT/model (`finetune.save_model_folder`: staged, a full disk
-    is a UserError naming the last checkpoint); the inference scheduler keeps the trained prediction type."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-
-    from sdkit.training.finetune import save_model_folder
-
-    scheduler = _inference_scheduler(pipe, noise_scheduler)
-    modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
-    for module in modules.values():
-        _place(module, "cpu", torch.float32)
-    final = StableDiffusionPipeline(
-        **modules, tokenizer=pipe.tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-    save_model_folder(final, out)
-

@@ -1,14 +1,14 @@
 """`sdkit train textual-inversion`: learn the embedding of a new token; every other weight stays as it was.
 
-Like diffusers' textual_inversion example, on sdkit's shared loop (`sdkit.training.loop`):
+Like diffusers' textual_inversion example; the lifecycle (`sdkit.training.trainer`: load, checkpoints, exact resume,
+SIGINT save, validation grids, loss plot, staged save) is shared. What is textual inversion's own:
 
-1. load the base pipeline; add `token` (and token_1 … for num_vectors > 1, diffusers' multi-vector convention) to the
-   tokenizer, grow the text encoder's embedding table, start the new rows from `init_token`'s embedding.
+1. add `token` (and token_1 … for num_vectors > 1, diffusers' multi-vector convention) to the tokenizer, grow the text
+   encoder's embedding table, start the new rows from `init_token`'s embedding.
 2. freeze everything but the embedding table; after every optimiser step the old rows are put back (weight decay and
-   optimiser noise never touch them), so only the new rows learn.
+   optimiser noise never touch them), so only the new rows learn; checkpoints hold the table only.
 3. data: an imagefolder whose captions contain the token, or a plain image folder seen with every caption template.
-4. train with the denoising loss through the frozen UNet: checkpoints (the embedding table only), exact resume,
-   SIGINT save, validation grids, loss plot.
+4. the denoising loss through the frozen UNet.
 5. save OUT/learned_embeds.safetensors (diffusers: {token: tensor[n, dim]}, `pipe.load_textual_inversion`) and
    OUT/NAME.safetensors (A1111: {"emb_params": tensor[n, dim]}, NAME = the token without <>; A1111 uses the file name
    as the prompt word), both with the metadata (base model, token, init token, recipe) in the header.
@@ -19,12 +19,13 @@ Like diffusers' textual_inversion example, on sdkit's shared loop (`sdkit.traini
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from sdkit.errors import UserError
 from sdkit.schema.finetune import TrainTextualInversionRecipe
-from sdkit.training.finetune import FinetuneResult
+from sdkit.training import finetune as ft
+from sdkit.training.trainer import Session, Trainer, TrainResult, train
 
 DIFFUSERS_FILE = "learned_embeds.safetensors"
 
@@ -38,78 +39,70 @@ def output_files(recipe: TrainTextualInversionRecipe) -> list[Path]:
     return [out / DIFFUSERS_FILE, out / f"{name}.safetensors"]
 
 
-def run(recipe: TrainTextualInversionRecipe) -> FinetuneResult:
+def run(recipe: TrainTextualInversionRecipe) -> TrainResult:
     """Train the new token's embedding; return the saved files and the trained pipeline (token added)."""
-    import torch
-    from accelerate.utils import set_seed
+    return train(TextualInversionTrainer(recipe))
 
-    from sdkit.training import data
-    from sdkit.training import finetune as ft
-    from sdkit.training.loop import TrainTask, accelerator_session, run_training, torch_threads
-    from sdkit.training.partial import checkpoint_trainable_only
-    from sdkit.training.results import save_result, tensor_bytes
 
-    # 0. cheap checks first: outputs/resume target, the images and captions (no model loaded yet)
-    out = Path(recipe.output_dir)
-    outputs = output_files(recipe)
-    if ft.start_or_finish(recipe, outputs):
-        return FinetuneResult(out, outputs)
-    files, pairs = _images_and_captions(recipe)
+class TextualInversionTrainer(Trainer):
+    def outputs(self) -> list[str]:
+        return [path.name for path in output_files(self.recipe)]
 
-    with torch_threads(recipe.threads), accelerator_session(recipe) as accelerator:
-        set_seed(recipe.seed)
-        device, dtype = accelerator.device, ft.weight_dtype(accelerator)
+    def check(self) -> None:
+        self.files, self.pairs = _images_and_captions(self.recipe)
 
-        # 1. load; add the token(s), initialised from init_token
-        pipe = ft.load_base(recipe)
-        new_ids = add_token(pipe.tokenizer, pipe.text_encoder, recipe.token, recipe.init_token, recipe.num_vectors)
-        resolution = ft.resolution_of(recipe, pipe)
+    def prepare(self, s: Session):
+        import torch
 
-        # 2. only the embedding table trains; the old rows are restored after every step
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.requires_grad_(False)
-        table = pipe.text_encoder.get_input_embeddings().weight
+        from sdkit.training import data
+        from sdkit.training.diffusion import denoising_loss
+        from sdkit.training.loop import TrainingSpec
+        from sdkit.training.partial import checkpoint_trainable_only
+
+        recipe, pipe = self.recipe, s.pipe
+
+        # 1. the token(s), initialised from init_token; only the embedding table trains and its old rows are put
+        # back after every step (checkpoints hold the table only)
+        self.new_ids = add_token(pipe.tokenizer, pipe.text_encoder, recipe.token, recipe.init_token, recipe.num_vectors)
+        frozen = SimpleNamespace(unet=s.frozen("unet"), vae=s.frozen("vae"), text_encoder=pipe.text_encoder)
+        pipe.text_encoder.requires_grad_(False)
+        self.table = table = pipe.text_encoder.get_input_embeddings().weight
         table.requires_grad_(True)
-        ft.place(pipe.unet, device, dtype)
-        ft.place(pipe.vae, device, dtype)
-        pipe.text_encoder.to(device)
+        pipe.text_encoder.to(s.device)
         original = table.detach().clone()
         keep = torch.ones(len(original), dtype=torch.bool, device=original.device)
-        keep[new_ids] = False
+        keep[self.new_ids] = False
 
         def restore_old_rows(step: int) -> None:
             with torch.no_grad():
                 table[keep] = original[keep]
 
-        # 3. data: (image, caption) pairs; the token expands to its vectors as the pipeline expands prompts
-        images = data.load_images(files, resolution, recipe.center_crop)
-        key, values = ft.image_tensors(recipe, pipe.vae, images, device, dtype, recipe.train_batch_size)
-        ids = data.tokenize(pipe.tokenizer, [pipe.maybe_convert_prompt(c, pipe.tokenizer) for _, c in pairs])
-        dataset = data.CaptionedImages(ids, **{key: [values[i] for i, _ in pairs]})
+        checkpoint_trainable_only(s.accelerator)
 
-        # 4. train (recipe.yaml only now: every input is checked and decoded)
-        if accelerator.is_main_process:
-            ft.write_recipe(recipe, out / "recipe.yaml")
-        loss_fn = ft.denoising_loss(recipe, pipe, ft.noise_scheduler_of(pipe), resolution, device)
-        checkpoint_trainable_only(accelerator)
-        task = TrainTask(
+        # 2. data: (image, caption) pairs; the token expands to its vectors as the pipeline expands prompts
+        images = data.load_images(self.files, s.resolution, recipe.center_crop)
+        key, values = ft.image_tensors(recipe, frozen.vae, images, s.device, s.dtype, recipe.train_batch_size)
+        ids = data.tokenize(pipe.tokenizer, [pipe.maybe_convert_prompt(c, pipe.tokenizer) for _, c in self.pairs])
+        dataset = data.CaptionedImages(ids, **{key: [values[i] for i, _ in self.pairs]})
+
+        # 3. the loss, through the frozen UNet
+        loss_fn = denoising_loss(recipe, frozen, ft.noise_scheduler_of(pipe), s.resolution, s.device)
+        return TrainingSpec(
             modules={"text_encoder": pipe.text_encoder}, dataset=dataset, loss_fn=loss_fn, params=[table],
-            after_step=restore_old_rows, validate=ft.validator(recipe, pipe, accelerator),
-            info={"task": recipe.task, "token": recipe.token},
+            after_step=restore_old_rows, validate=ft.validator(s), info={"task": recipe.task, "token": recipe.token},
         )  # fmt: skip
-        result = run_training(accelerator, recipe, task)
 
-        # 5. save
-        if accelerator.is_main_process:
-            learned = table.detach()[new_ids].float().cpu()
-            save_result(out, [p.name for p in outputs], lambda stage: save_embedding(recipe, learned, [stage / p.name for p in outputs]),
-                        tensor_bytes(learned) * len(outputs))  # fmt: skip
-            for path in outputs:
-                print(f"embedding saved: {path}", file=sys.stderr)
-        accelerator.wait_for_everyone()
-    pipe.unet.eval()
-    pipe.text_encoder.eval()
-    return FinetuneResult(out, outputs, pipe, result.global_step, result.seconds)
+    def save(self, s: Session, stage: Path) -> None:
+        save_embedding(self.recipe, self.learned(), [stage / name for name in self.outputs()])
+
+    def saved_bytes(self, s: Session) -> int:
+        from sdkit.training.results import tensor_bytes
+
+        return tensor_bytes(self.learned()) * len(self.outputs())
+
+    def learned(self):
+        """The new rows of the embedding table: the learned vectors, fp32 on the CPU."""
+        return self.table.detach()[self.new_ids].float().cpu()
 
 
 def _images_and_captions(recipe: TrainTextualInversionRecipe) -> tuple[list[Path], list[tuple[int, str]]]:
@@ -161,7 +154,7 @@ def save_embedding(recipe: TrainTextualInversionRecipe, learned, paths: list[Pat
     """diffusers ({token: [n, dim]}) and A1111 ({"emb_params": [n, dim]}) files, metadata in the header."""
     import json
 
-    from sdkit.lora_io import write_safetensors
+    from sdkit.atomic import write_safetensors
     from sdkit.version import __version__
 
     metadata = {

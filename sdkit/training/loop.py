@@ -1,10 +1,11 @@
 """The shared accelerate training loop of every sdkit training task (text-to-image, LoRA, DreamBooth, TI, ControlNet).
 
-A task builds its models and data, then hands the loop a `TrainTask`: the trainable modules, a dataset, and
-`loss_fn(batch, models, generator) -> loss`. The loop owns everything else, the way accelerate's examples do:
+A trainer (through the lifecycle in `sdkit.training.trainer`) builds its models and data, then hands the loop a
+`TrainingSpec`: the trainable modules, a dataset, and `loss_fn(batch, models, generator) -> loss`. The loop owns
+everything else, the way accelerate's examples do:
 
     with accelerator_session(recipe) as accelerator:    # inside the run, never at module level
-        result = run_training(accelerator, recipe, TrainTask(modules={"unet": unet}, dataset=ds, loss_fn=loss))
+        result = run_training(accelerator, recipe, TrainingSpec(modules={"unet": unet}, dataset=ds, loss_fn=loss))
 
 1. AdamW (torch's fused kernel where the parameters allow) + diffusers' `get_scheduler`, a seedable DataLoader
    (`DataLoader(generator=...)` + accelerate's `use_seedable_sampler`: the data order depends on the seed and epoch
@@ -57,7 +58,7 @@ class TrainingInterrupted(SdkitError):
 
 
 @dataclass
-class TrainTask:
+class TrainingSpec:
     """What a training task hands the loop."""
 
     modules: dict[str, torch.nn.Module]  # trainable modules; `accelerator.prepare` wraps them for the loss
@@ -72,7 +73,7 @@ class TrainTask:
 
 
 @dataclass
-class TrainResult:
+class LoopResult:
     global_step: int
     history: list[dict[str, float]]
     modules: dict[str, torch.nn.Module]  # unwrapped, holding the final (EMA, if used) weights
@@ -163,8 +164,11 @@ def _ema_weights(ema, params: list[torch.nn.Parameter]) -> Iterator[None]:
         ema.restore(params)
 
 
-def run_training(accelerator, common, task: TrainTask) -> TrainResult:
-    """Train `task` for `common.max_steps` optimiser steps (resuming per `common.resume`); see the module docstring."""
+def run_training(accelerator, common, task: TrainingSpec, on_ready: Callable[[], None] | None = None) -> LoopResult:
+    """Train `task` for `common.max_steps` optimiser steps (resuming per `common.resume`); see the module docstring.
+
+    `on_ready` runs on the main process once a resumed state has loaded, before the first step and before the loop
+    writes anything (the lifecycle writes recipe.yaml there: a checkpoint that does not fit leaves no file behind)."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from torch.utils.data import DataLoader
@@ -177,7 +181,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     # 1. optimiser, schedule, data loader
     params = task.params or [p for m in task.modules.values() for p in m.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("TrainTask has no trainable parameters")
+        raise ValueError("TrainingSpec has no trainable parameters")
     lr = common.learning_rate
     if common.scale_lr:
         lr *= common.train_batch_size * common.gradient_accumulation_steps * nproc
@@ -215,10 +219,8 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     # accelerate loads with full unpickling: see checkpoint_files.py)
     checkpointed = [state, *([ema] if ema else []), *task.checkpoint_objects]
 
-    # 3. resume
+    # 3. resume; only then does the run write anything
     main = accelerator.is_main_process
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
     notes = []
     if resume_from is not None:
         ckpt.load_checkpoint(accelerator, resume_from, checkpointed)  # verified by resolve_resume above
@@ -227,6 +229,11 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
             notes.append(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
     elif common.resume == "latest":
         notes.append(f"no complete checkpoint in {ckpt.checkpoints_dir(output_dir)}: starting from step 0")
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if on_ready is not None:
+            on_ready()
+    accelerator.wait_for_everyone()
     bar = StepBar("train", common.max_steps, start=state.global_step, fields={"loss": "-", "lr": "-"},
                   log_every=common.log_every, enabled=main)  # fmt: skip
     for note in notes:
@@ -338,7 +345,7 @@ def run_training(accelerator, common, task: TrainTask) -> TrainResult:
     accelerator.wait_for_everyone()
     unwrapped = {name: accelerator.unwrap_model(model) for name, model in models.items()}
     history = [{"step": s, "loss": loss, "lr": lr} for s, loss, lr in state.history]
-    return TrainResult(step, history, unwrapped, seconds, resume_from)
+    return LoopResult(step, history, unwrapped, seconds, resume_from)
 
 
 def fused_adamw_ok(params: list[torch.nn.Parameter]) -> bool:
@@ -354,7 +361,7 @@ def _any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max().item())
 
 
-def _signature(common, task: TrainTask, nproc: int) -> dict[str, int]:
+def _signature(common, task: TrainingSpec, nproc: int) -> dict[str, int]:
     """Settings that fix the data order: a resumed run should keep them."""
     return {
         "dataset_size": len(task.dataset), "train_batch_size": common.train_batch_size,
