@@ -23,16 +23,12 @@ if TYPE_CHECKING:
 
 def load_recipe(task: str, fields: dict[str, Any] | str | Path) -> Any:
     """The typed recipe of `task` from a mapping of fields or a YAML file of them (one-line errors on bad input)."""
-    from sdkit.recipefile import load_yaml, validate
+    from sdkit.recipefile import load_yaml
     from sdkit.tasks.registry import get_task
 
-    schema = get_task(task).schema
     if isinstance(fields, (str, Path)):
-        data = load_yaml(Path(fields))
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k != "task" or "task" in schema.model_fields}
-        return validate(schema, data, str(fields))
-    return validate(schema, fields, "recipe")
+        return get_task(task).recipe(load_yaml(Path(fields)), str(fields))
+    return get_task(task).recipe(fields, "recipe")
 
 
 def generate(recipe: GenerateRecipe | None = None, **fields: Any) -> list[Result]:
@@ -47,13 +43,13 @@ def generate(recipe: GenerateRecipe | None = None, **fields: Any) -> list[Result
 
 
 def train(recipe: Any) -> Path:
-    """Run a training recipe (any `Train*Recipe`); returns the output folder or file."""
-    from sdkit.tasks.registry import TASKS
+    """Run a training recipe (any `Train*Recipe`); returns the output folder or main file."""
+    from sdkit.tasks.registry import task_of
 
-    for task in TASKS:
-        if task.name.startswith("train-") and isinstance(recipe, task.schema):
-            return Path(task.output_of(recipe, task.run(recipe)))
-    raise TypeError(f"{type(recipe).__name__} is not a training recipe")
+    task = task_of(recipe)
+    if not task.name.startswith("train-"):
+        raise TypeError(f"{type(recipe).__name__} is not a training recipe (it is {task.name}'s)")
+    return Path(task.output_of(recipe, task.run(recipe)))
 
 
 def run(*files: str | Path, sets: tuple[str, ...] = ()) -> dict[str, str]:

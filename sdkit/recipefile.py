@@ -19,6 +19,7 @@ hang the process or exhaust memory:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,15 +201,19 @@ def describe(err: ValidationError, data: Any, source: str, flags: Mapping[str, s
     return f"{where}: {message}{shown}"
 
 
-def validate(schema: type[M], data: Any, source: str, flags: Mapping[str, str] | None = None) -> M:
-    """`schema.model_validate(data)` with a one-line UserError naming where the bad value came from."""
+def validate(
+    schema: type[M], data: Any, source: str, flags: Mapping[str, str] | None = None, *, where: str = "", task: str = ""
+) -> M:
+    """`schema.model_validate(data)` with a one-line UserError naming where the bad value came from (`where`: a
+    prefix of the key, e.g. "jobs[1]."; `task`: named beside the valid keys of an unknown one)."""
     if not isinstance(data, Mapping):
         raise UserError(f"{source}: a recipe must be a mapping of keys to values (got {type(data).__name__})")
     try:
         return schema.model_validate(dict(data))
     except ValidationError as err:
-        valid = ", ".join(schema.model_fields)
         line = describe(err, data, source, flags)
+        if where:
+            line = re.sub(r"^(\S+) ", lambda m: f"{m.group(1)} {where}", line, count=1)
         if "unknown key" in line:
-            line += f" (valid keys: {valid})"
+            line += f" (valid keys{' for ' + task if task else ''}: {', '.join(schema.model_fields)})"
         raise UserError(line) from None

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from cli_helpers import invoke
+from helpers import invoke
 
 
 @pytest.mark.parametrize("command", [[], ["generate"], ["info"], ["replay"], ["schedulers"]])
@@ -68,7 +68,8 @@ def test_every_command_is_listed_and_loads() -> None:
     """Each COMMANDS entry builds the command it names, with that help; every command a module defines is listed."""
     import typer.main
 
-    from sdkit.cli import COMMANDS, app, commands, tasks
+    from sdkit.cli import COMMANDS, app, commands, task_commands
+    from sdkit.tasks.registry import TASKS
 
     root = typer.main.get_command(app)
     for name, (_, _, text) in COMMANDS.items():
@@ -76,9 +77,13 @@ def test_every_command_is_listed_and_loads() -> None:
         assert command is not None and command.name == name, name
         assert command.help == text, name
     assert sorted(root.get_command(None, "data").commands) == ["shapes"]  # a group, though it has one command
-    defined = {c.name for module in (commands, tasks) for c in module.app.registered_commands}
-    defined |= {"data", "train", "eval"}
+    defined = {c.name for module in (commands, task_commands) for c in module.app.registered_commands}
+    defined |= set(task_commands.groups)
     assert defined == set(COMMANDS)
+    for task in TASKS:  # every task of the registry is a command, with the task's help
+        *group, name = task.command
+        command = root.get_command(None, group[0]).commands[name] if group else root.get_command(None, name)
+        assert command.help == task.help, task.name
     listed = invoke("--help").stdout
     assert all(f"  {name} " in listed for name in COMMANDS)
 

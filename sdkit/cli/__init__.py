@@ -11,32 +11,46 @@ import os
 import sys
 from collections.abc import Callable
 from importlib import import_module
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 import typer.core
 import typer.main
 
-from sdkit.errors import SdkitError, UserError
+from sdkit.errors import SdkitError
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+# Command groups of task commands (`sdkit train lora`): their one-line help.
+GROUPS: dict[str, str] = {
+    "data": "Make datasets: `sdkit data shapes` writes the synthetic shapes world.",
+    "train": "Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).",
+    "eval": "Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.",
+}
+# Commands that are not tasks: their one-line help (defined in sdkit.cli.commands).
+TOOLS: dict[str, str] = {
+    "info": "Print the recipe embedded in an image (YAML, usable with `sdkit generate --recipe`).",
+    "replay": "Regenerate an image from its embedded recipe (bit-exact on the same device and dtype).",
+    "schedulers": "List the samplers: A1111 name, diffusers class and arguments.",
+    "run": "Run YAML recipe files: every job is validated before the first one runs; one model load per run.",
+    "schema": "Print the JSON Schema of a task's recipe (for editor completion of recipe files).",
+}
 
-# Top-level command → (module, the typer.Typer there that defines it, its one-line help for `sdkit --help`).
-# A module's `app` holds several top-level commands; a named sub-app (`train_app`) is itself the command group.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "generate": ("sdkit.cli.commands", "app", "Generate images: txt2img; img2img with --init-image; inpaint with --init-image and --mask."),
-    "info": ("sdkit.cli.commands", "app", "Print the recipe embedded in an image (YAML, usable with `sdkit generate --recipe`)."),
-    "replay": ("sdkit.cli.commands", "app", "Regenerate an image from its embedded recipe (bit-exact on the same device and dtype)."),
-    "schedulers": ("sdkit.cli.commands", "app", "List the samplers: A1111 name, diffusers class and arguments."),
-    "run": ("sdkit.cli.commands", "app", "Run YAML recipe files: every job is validated before the first one runs; one model load per run."),
-    "schema": ("sdkit.cli.commands", "app", "Print the JSON Schema of a task's recipe (for editor completion of recipe files)."),
-    "preprocess": ("sdkit.cli.tasks", "app", "Turn a picture into a ControlNet control map: canny, openpose, depth, seg, normal, mlsd, hed, scribble, lineart or shuffle (weights from the hub, or --annotators-dir / $SDKIT_ANNOTATORS)."),
-    "data": ("sdkit.cli.tasks", "data_app", "Make datasets: `sdkit data shapes` writes the synthetic shapes world."),
-    "train": ("sdkit.cli.tasks", "train_app", "Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch)."),
-    "eval": ("sdkit.cli.tasks", "eval_app", "Score models: `sdkit eval shapes` measures prompt adherence on the shapes world."),
-}  # fmt: skip
+
+def _commands() -> dict[str, tuple[str, str, str]]:
+    """Top-level command → (module, its typer app there: "app" or a group's name, one-line help). The task commands
+    come from the task registry (sdkit.tasks.registry, cheap to import), in its order; the tools follow."""
+    from sdkit.tasks.registry import TASKS
+
+    table: dict[str, tuple[str, str, str]] = {}
+    for task in TASKS:
+        top = task.command[0]
+        if len(task.command) == 1:
+            table[top] = ("sdkit.cli.task_commands", "app", task.help)
+        else:
+            table.setdefault(top, ("sdkit.cli.task_commands", top, GROUPS[top]))
+    return {**table, **{name: ("sdkit.cli.commands", "app", text) for name, text in TOOLS.items()}}
+
+
+COMMANDS: dict[str, tuple[str, str, str]] = _commands()
 
 
 class LazyGroup(typer.core.TyperGroup):
@@ -49,7 +63,8 @@ class LazyGroup(typer.core.TyperGroup):
         if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module, attr, _ = COMMANDS[cmd_name]
-        typer_app = getattr(import_module(module), attr)
+        loaded = import_module(module)
+        typer_app = loaded.app if attr == "app" else loaded.groups[attr]
         if attr == "app":  # a module's top-level commands: typer builds a group of them, or the command if only one
             built = typer.main.get_command(typer_app)
             return built.commands[cmd_name] if isinstance(built, typer.core.TyperGroup) else built
@@ -77,7 +92,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,  # click's plain help: rendering it with rich imports ~0.2 s of modules on every --help
 )
-M = TypeVar("M", bound="BaseModel")
 
 
 def _one_line(text: str) -> str:
@@ -106,29 +120,6 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-def build_recipe(schema: type[M], recipe_file: Path | None, given: dict[str, Any], task: str) -> M:
-    """Schema defaults < recipe file < flags given on the command line, validated into one typed recipe."""
-    from sdkit.cli.options import flags_of
-    from sdkit.recipefile import LineMap, load_yaml, validate
-
-    flags = {k: v for k, v in given.items() if v is not None and v != [] and v != ()}
-    data = LineMap()
-    data.lines = {}
-    source = "command line"
-    if recipe_file is not None:
-        loaded = load_yaml(recipe_file)
-        if not isinstance(loaded, dict):
-            raise UserError(f"{recipe_file}: a recipe file must be a mapping of keys to values")
-        if loaded.get("task", task) != task:
-            raise UserError(f"{recipe_file}: task {loaded['task']!r} is not {task!r}: run it with `sdkit run {recipe_file}`")
-        data.update({k: v for k, v in loaded.items() if k != "task"})
-        data.lines = getattr(loaded, "lines", {})
-        source = str(recipe_file)
-    data.update(flags)
-    cli_flags = {k: v for k, v in flags_of(schema).items() if k in flags}
-    return validate(schema, data, source, cli_flags)
 
 
 def main() -> None:

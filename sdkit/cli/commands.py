@@ -1,40 +1,18 @@
-"""generate, info, replay, schedulers, run, schema: top-level commands (their help: sdkit.cli.COMMANDS)."""
+"""info, replay, schedulers, run, schema: the top-level commands that are not tasks (their help: sdkit.cli.TOOLS)."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from sdkit.cli import COMMANDS, build_recipe, guarded
-from sdkit.cli.options import schema_parameters, with_parameters
+from sdkit.cli import COMMANDS, guarded
 from sdkit.errors import UserError
 from sdkit.schema.generate import GenerateRecipe
 
 app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdkit.cli.COMMANDS lists them
-
-RECIPE_PARAM = inspect.Parameter(
-    "recipe",
-    inspect.Parameter.KEYWORD_ONLY,
-    default=None,
-    annotation=Annotated[
-        Optional[Path],  # noqa: UP045 - typer reads Optional
-        typer.Option("--recipe", help="YAML file of recipe fields; flags given on the command line override it."),
-    ],
-)
-
-
-def generate(recipe: Path | None = None, **given: Any) -> None:
-    from sdkit.tasks import generate as task
-
-    task.run(build_recipe(GenerateRecipe, recipe, given, task="generate"))
-
-
-app.command("generate", help=COMMANDS["generate"][2])(with_parameters(guarded(generate), [*schema_parameters(GenerateRecipe), RECIPE_PARAM]))
-
 
 @app.command("info", help=COMMANDS["info"][2])
 @guarded

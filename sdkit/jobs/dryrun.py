@@ -29,7 +29,7 @@ def dry_run(jobs: list[Job]) -> None:
     for job in jobs:
         if "${jobs." in str(job.raw):
             continue
-        recipe = job.task.schema.model_validate(job.raw)
+        recipe = job.task.recipe(job.raw, job.source)
         if job.task.name == "generate":
             from sdkit.conditioning import resolve_controlnet
             from sdkit.tasks.generate import check
