@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from finetune_helpers import FAST, shapes_dataset
+from helpers import FAST, shapes_dataset
 
 from bench.finetune_shapes import merged
 from sdkit.schema.finetune import TrainLoraRecipe

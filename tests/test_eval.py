@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli_helpers import assert_user_error, invoke
+from helpers import assert_user_error, invoke
 from test_generate_adapters import _lora_state
 
 

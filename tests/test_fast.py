@@ -8,18 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke
-from PIL import Image
+from helpers import assert_user_error, invoke, pixels
 
 from sdkit import fast
 from sdkit.schema.generate import GenerateRecipe
 
 GEN = ["--steps", "3", "--seed", "4", "--scheduler", "Euler"]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def test_flags_in_help(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +139,7 @@ def test_impossible_combinations(tmp_path: Path, tiny_sd_dir: Path) -> None:
 
 def test_gradient_checkpointing_same_weights(tmp_path: Path, tiny_sd_dir: Path) -> None:
     import torch
-    from finetune_helpers import FAST, shapes_dataset
+    from helpers import FAST, shapes_dataset
 
     import sdkit
     from sdkit.tasks import train_lora
@@ -178,7 +172,7 @@ def test_8bit_adam_without_bitsandbytes_is_a_user_error(monkeypatch: pytest.Monk
 def test_8bit_adam_trains_with_8bit_state(tmp_path: Path, tiny_sd_dir: Path) -> None:
     pytest.importorskip("bitsandbytes")
     import torch
-    from finetune_helpers import FAST, shapes_dataset
+    from helpers import FAST, shapes_dataset
 
     import sdkit
     from sdkit.tasks import train_text_to_image

@@ -9,18 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import invoke, snapshot
+from helpers import invoke, pixels, snapshot
 from PIL import Image
 
 import sdkit
 from sdkit.outputs import read_text_chunks
 
 FAST = ["--steps", "3", "--width", "32", "--height", "32"]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 @pytest.fixture()

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke, snapshot
-from PIL import Image
+from helpers import assert_user_error, generated, invoke, pixels, snapshot
 
 FAST = ["--steps", "3", "--seed", "2", "--scheduler", "Euler"]
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(int)
 
 
 def _lora_state(model_dir: Path, cls_name: str, seed: int, targets=TARGETS):
@@ -80,9 +74,7 @@ def lora_files(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> dict
 
 
 def _gen(tmp: Path, model: Path, name: str, *extra) -> np.ndarray:
-    result = invoke("generate", "a red circle", "-m", model, *FAST, "-o", tmp / name, *map(str, extra))
-    assert result.exit_code == 0, result.output
-    return pixels(next((tmp / name).glob("*.png")))
+    return generated(tmp / name, "a red circle", "-m", model, *FAST, *extra)
 
 
 def test_lora_formats_weights_and_stacks(tmp_path: Path, tiny_sd_dir: Path, lora_files) -> None:

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke, snapshot
+from helpers import assert_user_error, generated, invoke, pixels, snapshot
 from PIL import Image, ImageDraw
 
 from sdkit.outputs import read_text_chunks
 
 FAST = ["--steps", "3", "--seed", "4", "--scheduler", "Euler"]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(int)
 
 
 def _controlnet(model_dir: Path, cls_name: str, out: Path, seed: int) -> Path:
@@ -58,9 +53,7 @@ def images(tmp_path: Path) -> dict[str, Path]:
 
 
 def _gen(tmp: Path, model: Path, name: str, *extra) -> np.ndarray:
-    result = invoke("generate", "a red square", "-m", model, *FAST, "-o", tmp / name, *map(str, extra))
-    assert result.exit_code == 0, result.output
-    return pixels(tmp / name / "00001-4.png")
+    return generated(tmp / name, "a red square", "-m", model, *FAST, *extra)
 
 
 def test_single_and_multi_control(tmp_path: Path, tiny_sd_dir: Path, nets, images) -> None:

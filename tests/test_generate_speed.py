@@ -6,21 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke
-from PIL import Image
+from helpers import assert_user_error, generated, invoke
 
 FAST = ["--steps", "3", "--seed", "6", "--scheduler", "Euler"]
 
 
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(int)
-
-
 def _gen(tmp: Path, model: Path, name: str, *extra) -> np.ndarray:
-    result = invoke("generate", "a red circle", "-m", model, *FAST, "-o", tmp / name, *map(str, extra))
-    assert result.exit_code == 0, result.output
-    return pixels(tmp / name / "00001-6.png")
+    return generated(tmp / name, "a red circle", "-m", model, *FAST, *extra)
 
 
 def _tiny_vae(out: Path, blocks: int) -> Path:

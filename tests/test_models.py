@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_user_error, invoke
+from helpers import assert_user_error, invoke
 
 from sdkit.models import ALIASES, resolve_model
 

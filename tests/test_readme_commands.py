@@ -2,7 +2,7 @@
 
 Every command line of the README's ```bash blocks (backslash continuations joined, trailing `# comments` dropped)
 is classified by the explicit rules below, and every one that works offline runs through `bash -c`, word for word,
-under a pseudo-terminal (tests/cli_helpers.py `in_terminal`), with the installed `sdkit` console script first on
+under a pseudo-terminal (tests/helpers.py `in_terminal`), with the installed `sdkit` console script first on
 PATH, in README order, in one temporary working directory. That directory holds the files the README takes for
 granted: `my-diffusers-folder` (the tiny SD test pipeline), `in.png`, `mask.png`, `job.yaml`, `file.yaml` (the
 README's own YAML example), LoRAs for the embedded model (`my_lora.safetensors`, `style.safetensors`), an embedding
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import in_terminal
+from helpers import in_terminal
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_user_error, invoke, snapshot
+from helpers import assert_user_error, invoke, snapshot
 
 from sdkit.outputs import read_text_chunks
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 RECIPE = """\
@@ -39,6 +40,7 @@ def _files(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
     return out
 
 
+@pytest.mark.slow  # multi-process or end to end
 def test_two_processes_match_one(tmp_path: Path, tiny_sd_dir: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("one", "two"):

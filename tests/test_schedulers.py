@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cli_helpers import invoke
+from helpers import invoke
 
 from sdkit import schedulers
 from sdkit.errors import UserError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cli_helpers import invoke
+from helpers import invoke
 
 from sdkit.models import ASSETS
 

@@ -1,5 +1,5 @@
 """The installed `sdkit` console script as people meet it: at a terminal. Each command runs under a pseudo-terminal
-(tests/cli_helpers.py `in_terminal`: a real pty as stdin, stdout and stderr, 120 columns, TERM=xterm-256color) and
+(tests/helpers.py `in_terminal`: a real pty as stdin, stdout and stderr, 120 columns, TERM=xterm-256color) and
 must exit 0, write its files, show its progress (a finished `N/N` step count with it/s and an ETA), and show no
 traceback. With stderr a pipe or a file (CI, `2>log`), nothing sdkit writes there may hold an escape code."""
 
@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cli_helpers import SDKIT, Screen, in_terminal, terminal_env
+from helpers import SDKIT, Screen, in_terminal, terminal_env
 from PIL import Image
 
 # A finished bar: "N/N", then (after any extra columns such as loss and lr) a measured rate and an ETA.

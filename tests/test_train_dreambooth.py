@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import assert_user_error, invoke, snapshot
-from finetune_helpers import generate, in_memory, shapes_dataset, tensors
+from helpers import assert_user_error, generate, in_memory, invoke, shapes_dataset, snapshot, tensors
 
 from sdkit.lora_io import LORA_FILE
 from sdkit.schema.finetune import TrainDreamBoothRecipe

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from cli_helpers import assert_user_error, invoke, snapshot
-from finetune_helpers import FAST, generate, in_memory, shapes_dataset, tensors
+from helpers import FAST, assert_user_error, generate, in_memory, invoke, shapes_dataset, snapshot, tensors
 
 from sdkit.lora_io import LORA_FILE, read_metadata
 from sdkit.schema.finetune import TrainLoraRecipe
@@ -101,6 +100,7 @@ def test_errors_are_one_line(tiny_sd_dir: Path, data: Path, tmp_path: Path, trai
     assert_user_error(invoke(*base, "--data", data, "-o", trained.output_dir), "already holds")  # never overwritten
 
 
+@pytest.mark.slow  # multi-process or end to end
 def test_accelerate_launch_two_processes(tiny_sd_dir: Path, data: Path, tmp_path: Path) -> None:
     job = {"task": "train-lora", "model": str(tiny_sd_dir), "data_dir": str(data), "output_dir": str(tmp_path / "run"),
            "max_steps": 2, "train_batch_size": 2, "checkpointing_steps": 2, "threads": 1, "device": "cpu"}  # fmt: skip

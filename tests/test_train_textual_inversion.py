@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_user_error, invoke, snapshot
-from finetune_helpers import FAST, generate, in_memory, shapes_dataset, tensors
+from helpers import FAST, assert_user_error, generate, in_memory, invoke, shapes_dataset, snapshot, tensors
 
 from sdkit.lora_io import read_metadata
 from sdkit.schema.finetune import TrainTextualInversionRecipe

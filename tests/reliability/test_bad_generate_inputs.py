@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_user_error, invoke, snapshot
+from helpers import assert_user_error, invoke, snapshot
 from PIL import Image
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli_helpers import assert_user_error, invoke, snapshot
+from helpers import assert_user_error, invoke, snapshot
 from PIL import Image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -6,18 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_helpers import snapshot
+from helpers import pixels, snapshot
 from PIL import Image
 from untrusted_helpers import assert_refused, sdkit
 
 TOP = 2**32 - 1
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
 
 
 def recorded_seed(path: Path) -> int:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from test_training_core import train_toy
 
@@ -19,6 +20,7 @@ TARGET = Path(__file__).with_name("kill_target.py")
 FIELDS = {"max_steps": 12, "checkpointing_steps": 1, "checkpoints_total_limit": 2}
 
 
+@pytest.mark.slow  # multi-process or end to end
 def test_sigkill_trials(tmp_path: Path) -> None:
     reference = train_toy(tmp_path / "reference", **FIELDS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import snapshot
-from finetune_helpers import shapes_dataset
+from helpers import shapes_dataset, snapshot
 
 from sdkit.lora_io import LORA_FILE
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import snapshot
+from helpers import snapshot
 from PIL import Image
 from untrusted_helpers import assert_refused, png_bytes, sdkit
 

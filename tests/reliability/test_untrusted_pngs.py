@@ -9,9 +9,8 @@ import pickle
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from cli_helpers import snapshot
+from helpers import pixels, snapshot
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from untrusted_helpers import assert_refused, chunk, png_bytes, sdkit
@@ -43,11 +42,6 @@ def write_with_text(source: Path, target: Path, text: str, *, zip_text: bool = F
     with Image.open(source) as img:
         img.save(target, pnginfo=info)
     return target
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(int)
 
 
 def test_replay_writes_to_outputs_not_the_recorded_folder_and_lists_its_files(made: Path, tmp_path: Path) -> None:

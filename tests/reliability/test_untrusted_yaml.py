@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_helpers import snapshot
+from helpers import snapshot
 from untrusted_helpers import assert_refused, sdkit
 
 

@@ -1,4 +1,5 @@
-"""Helpers for driving the real CLI in tests."""
+"""Shared test helpers: driving the real CLI (in process, in a subprocess, under a pseudo-terminal), reading the images
+it writes, and the small datasets and settings the fine-tuning tests share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from sdkit.cli import app
@@ -123,3 +126,58 @@ def in_terminal(argv: list[str] | str, cwd: Path | None = None, *, pipe_stderr: 
             proc.stderr.close()
     stderr = buffers[err_fd].decode(errors="replace") if err_fd is not None else None
     return Screen(code, buffers[master].decode(errors="replace"), stderr)
+
+# Images
+
+
+def pixels(path: Path) -> np.ndarray:
+    """An image file's RGB pixels as ints (differences do not wrap around as uint8 would)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).astype(int)
+
+
+def generated(out: Path, *args: object) -> np.ndarray:
+    """`sdkit generate ARGS -o OUT` (in process), which must succeed and write exactly one image; its pixels."""
+    result = invoke("generate", *map(str, args), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    images = sorted(p for p in Path(out).glob("*.png") if re.fullmatch(r"\d{5,}-\d+\.png", p.name))
+    assert len(images) == 1, images
+    return pixels(images[0])
+
+
+# Fine-tuning
+
+
+SEED, STEPS, CFG = 2, 3, 7.0  # what `sdkit generate` below uses (cfg: its default)
+GEN = ["--steps", str(STEPS), "--seed", str(SEED), "--scheduler", "Euler"]
+FAST = {"threads": 1, "log_every": 1, "validation_inference_steps": 2, "validation_images": 1}
+
+
+def shapes_dataset(root: Path, n: int = 6) -> Path:
+    """A 32 px shapes-world imagefolder (images/ + metadata.jsonl captions)."""
+    from sdkit.data.shapes import write_dataset
+
+    return write_dataset(root, n, seed=0, size=32)
+
+
+def generate(out: Path, model: Path, prompt: str, *extra) -> np.ndarray:
+    """`sdkit generate` one 32 px image with the fine-tuning tests' settings (GEN); its pixels."""
+    return generated(out, prompt, "-m", model, *GEN, *extra)
+
+
+def in_memory(pipe, prompt: str) -> np.ndarray:
+    """The image `generate` above makes, from a pipeline object in memory (the trained one, adapters attached)."""
+    import torch
+
+    from sdkit import schedulers
+
+    pipe.scheduler = schedulers.build("Euler", pipe.scheduler.config)
+    out = pipe(prompt, num_inference_steps=STEPS, guidance_scale=CFG, width=32, height=32, output_type="np",
+               generator=torch.Generator("cpu").manual_seed(SEED)).images  # fmt: skip
+    return np.asarray(pipe.numpy_to_pil(out)[0]).astype(int)
+
+
+def tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
