@@ -91,13 +91,20 @@ def schedulers_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sdkit.schedulers import SCHEDULERS
+    from sdkit.schedulers import REFUSED, SAMPLERS, types_for
 
-    table = Table("name", "diffusers class", "arguments", "also", "note", box=None)
-    for spec in SCHEDULERS:
+    table = Table("sampler", "Automatic", "schedule types", "diffusers class", "arguments", "also", "note", box=None)
+    for spec in SAMPLERS:
         args = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items())
-        table.add_row(spec.name, spec.cls, args, ", ".join(spec.aliases), spec.note)
-    Console(file=sys.stdout, width=200).print(table)
+        automatic = spec.automatic or "model's own"
+        table.add_row(spec.name, automatic, ", ".join(t for t in types_for(spec) if t != "Automatic"), spec.cls, args,
+                      ", ".join(spec.aliases), spec.note)
+    console = Console(file=sys.stdout, width=240)
+    console.print(table)
+    console.print("Automatic on a zero-terminal-SNR model (the shapes model): the model's own schedule.")
+    console.print("Refused (diffusers cannot run them):")
+    for name, reason in REFUSED.items():
+        console.print(f"  {name}: {reason}")
 
 
 @app.command("run", help=COMMANDS["run"][2])
