@@ -66,6 +66,20 @@ def _hashes(pairs: list[tuple[str, str]]) -> str | None:
     return ", ".join(f"{name.replace(':', '').replace(',', '')}: {h}" for name, h in pairs) or None
 
 
+def embedding_token(emb: Any) -> str:
+    """The token an embedding binds: the one given, else a diffusers file's single key, else the file's name."""
+    if emb.token:
+        return emb.token
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(emb.path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not safetensors (a pickle, with --allow-pickle): its name
+        keys = []
+    return keys[0] if len(keys) == 1 and keys[0] not in ("emb_params", "string_to_param") else Path(emb.path).stem
+
+
 def legacy_hash(path: Path) -> str | None:
     """A1111's old 8-character model hash (64 KiB from offset 1 MiB), which sd-webui-controlnet shows beside names."""
     import hashlib
@@ -100,7 +114,7 @@ def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, co
     vae = getattr(recipe, "vae", None)
     vae_path = Path(vae) if vae and Path(vae).exists() else None
     used = f"{recipe.prompt} {recipe.negative}"
-    tokens = [(emb.token or Path(emb.path).stem, emb.path) for emb in recipe.embedding]
+    tokens = [(embedding_token(emb), emb.path) for emb in recipe.embedding]
     fields: dict[str, Any] = {
         "Steps": recipe.steps,
         "Sampler": schedulers.resolve(recipe.scheduler, recipe.schedule_type).name,

@@ -333,3 +333,39 @@ def test_comfyui_graphs_that_are_not_plain_exit_2(tmp_path: Path) -> None:
         assert_user_error(invoke("replay", tmp_path / f"{name}.png", "-o", tmp_path / "o"), "not a plain ComfyUI KSampler graph", why)
     Image.new("RGB", (8, 8)).save(tmp_path / "bare.png")
     assert_user_error(invoke("info", tmp_path / "bare.png"), "has no generation metadata")
+
+
+def test_controlnet_units_ti_hashes_denoising_and_emphasis_are_written(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    save_file({"<thing>": zeros(32)}, tmp_path / "learned.safetensors")
+    net = tmp_path / "my-canny"
+    net.mkdir()
+    (net / "diffusion_pytorch_model.safetensors").write_bytes(bytes(0x110000))
+    recipe = GenerateRecipe(prompt="a (<thing>) cat", seed=3, init_image=tmp_path / "in.png", strength=0.6,
+                            embedding=[str(tmp_path / "learned.safetensors")], control=["canny=edges.png@0.8"],
+                            prompt_syntax="plain")
+    unit = infotext.controlnet_unit(recipe.control[0], str(net))
+    text = infotext.parameters(recipe, MODEL, (32, 32), "Karras", [unit])
+    a1111 = a1111_parse(text)
+    assert a1111["Denoising strength"] == "0.6" and a1111["Emphasis"] == "None"
+    assert re.fullmatch(r"<thing>: [0-9a-f]{12}", a1111["TI hashes"])
+    # sd-webui-controlnet's parse_unit: "Key: value" pairs split at commas
+    fields = dict(item.strip().split(": ") for item in a1111["ControlNet 0"].split(","))
+    assert fields == {"Module": "canny", "Model": f"my-canny [{infotext.legacy_hash(net / 'diffusion_pytorch_model.safetensors')}]",
+                      "Weight": "0.8", "Resize Mode": "Just Resize", "Guidance Start": "0.0", "Guidance End": "1.0",
+                      "Pixel Perfect": "False", "Control Mode": "Balanced"}
+    read = infotext.recipe_fields(infotext.parse(text), lambda kind, name, h: f"/{kind}/{name}", "x")
+    assert read.fields["prompt_syntax"] == "plain" and read.fields["strength"] == 0.6
+    assert read.fields["embedding"] == [{"path": "/embedding/<thing>", "token": "<thing>"}]
+    assert "ControlNet 0" in read.ignored  # the control image is not in the infotext
+
+
+def test_an_sdkit_image_never_gives_its_output_folder_or_pickle_permission(tmp_path: Path) -> None:
+    recipe = GenerateRecipe(prompt="a cat", seed=5, out=tmp_path / "elsewhere", allow_pickle=True)
+    info = PngInfo()
+    info.add_text("sdkit", json.dumps({"sdkit": "0", "task": "generate", "recipe": recipe.model_dump(mode="json")}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "made.png", pnginfo=info)
+    fields = infotext.import_image(tmp_path / "made.png").fields
+    assert fields["prompt"] == "a cat" and "out" not in fields and "allow_pickle" not in fields
