@@ -16,9 +16,18 @@ app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdk
 
 @app.command("info", help=COMMANDS["info"][2])
 @guarded
-def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")]) -> None:
+def info(image: Annotated[Path, typer.Argument(help="An image written by sdkit, A1111, Forge, civitai or ComfyUI.")]) -> None:
     import yaml
 
+    from sdkit.infotext import image_text, import_image
+
+    if "sdkit" not in image_text(image):  # another generator's image: its settings, names as written in it
+        imported = import_image(image, resolver=lambda kind, name, short_hash: name or short_hash)
+        print(f"# {imported.source} of {image}; models, LoRAs and embeddings as named there (sdkit replay finds them)")
+        if imported.ignored:
+            print(f"# not reproduced by sdkit: {', '.join(imported.ignored)}")
+        print(yaml.safe_dump({"task": "generate", **imported.fields}, sort_keys=False), end="")
+        return
     record, _ = recorded(image, "info")
     model = record.get("model", {})
     print(f"# sdkit {record.get('sdkit')} {record.get('task')}; model {model.get('ref')} sha256 {model.get('sha256')}")
@@ -26,21 +35,42 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")])
 
 
 def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
-    """The sdkit record of a PNG and its recipe, validated as a GenerateRecipe (only generate writes recipes into
-    images): a malformed record in anyone's PNG is bad input (exit 2 naming the field), never a crash."""
+    """The sdkit record of an image and its recipe, validated as a GenerateRecipe (only generate writes recipes into
+    images): a malformed record in anyone's image is bad input (exit 2 naming the field), never a crash. An image
+    without sdkit's record (A1111, Forge, civitai, ComfyUI) gives the recipe its settings describe, found through
+    `sdkit.infotext` (what sdkit cannot reproduce is one warning line); its record is then empty."""
+    from sdkit.infotext import image_text, import_image
     from sdkit.outputs import read_recipe
+    from sdkit.progress import warn
     from sdkit.recipefile import validate
 
+    if "sdkit" not in image_text(image):
+        imported = import_image(image)
+        if imported.ignored:
+            warn(f"{image}: sdkit does not reproduce {', '.join(imported.ignored)}")
+        return {}, validate(GenerateRecipe, imported.fields, f"{image} ({imported.source})")
     record = read_recipe(image)
     if record.get("task") != "generate":
         raise UserError(f"{image} was made by task {record.get('task')!r}; sdkit {command} reads generate recipes only")
     return record, validate(GenerateRecipe, record["recipe"], f"{image} (sdkit metadata)")
 
 
+def from_png_fields(image: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """`sdkit generate --from-png IMAGE`: the recipe fields the image describes, for the flags given to override.
+    Fields the flags set are not looked up (a model given with -m need not exist under the image's name)."""
+    from sdkit.infotext import import_image
+    from sdkit.progress import warn
+
+    imported = import_image(image, skip=frozenset(k for k, v in given.items() if v not in (None, [], ())))
+    if imported.ignored:
+        warn(f"{image}: sdkit does not reproduce {', '.join(imported.ignored)}")
+    return imported.fields
+
+
 @app.command("replay", help=COMMANDS["replay"][2])
 @guarded
 def replay(
-    image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
+    image: Annotated[Path, typer.Argument(help="An image written by sdkit, A1111, Forge, civitai or ComfyUI.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never the one recorded in the image).")] = Path("outputs"),
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickled weights (never taken from the image).")
@@ -91,13 +121,20 @@ def schedulers_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sdkit.schedulers import SCHEDULERS
+    from sdkit.schedulers import REFUSED, SAMPLERS, types_for
 
-    table = Table("name", "diffusers class", "arguments", "also", "note", box=None)
-    for spec in SCHEDULERS:
+    table = Table("sampler", "Automatic", "schedule types", "diffusers class", "arguments", "also", "note", box=None)
+    for spec in SAMPLERS:
         args = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items())
-        table.add_row(spec.name, spec.cls, args, ", ".join(spec.aliases), spec.note)
-    Console(file=sys.stdout, width=200).print(table)
+        automatic = spec.automatic or "model's own"
+        table.add_row(spec.name, automatic, ", ".join(t for t in types_for(spec) if t != "Automatic"), spec.cls, args,
+                      ", ".join(spec.aliases), spec.note)
+    console = Console(file=sys.stdout, width=240)
+    console.print(table)
+    console.print("Automatic on a zero-terminal-SNR model (the shapes model): the model's own schedule.")
+    console.print("Refused (diffusers cannot run them):")
+    for name, reason in REFUSED.items():
+        console.print(f"  {name}: {reason}")
 
 
 @app.command("run", help=COMMANDS["run"][2])

@@ -7,7 +7,7 @@ image is one that `--seed` accepts and `sdkit replay` reruns; `--seed -1` means 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -34,6 +34,11 @@ class GenerateRecipe(Speed, Placement):
 
     prompt: str = Field("", description="What to draw.", json_schema_extra=cli(argument=True))
     negative: str = Field("", description="What to avoid (negative prompt).")
+    prompt_syntax: Literal["a1111", "plain"] = Field(
+        "a1111",
+        description="a1111: (word:1.3), (word), [word], BREAK and prompts of any length read as A1111 reads them; "
+        "plain: the text as written (still in 75-token chunks).",
+    )
     model: str = Field(
         "shapes",
         description="A diffusers folder, a .safetensors checkpoint, a hub id (org/name) or an alias "
@@ -41,7 +46,16 @@ class GenerateRecipe(Speed, Placement):
         json_schema_extra=cli("-m"),
     )
     scheduler: str = Field(
-        "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...) or diffusers class; see `sdkit schedulers`.'
+        "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...), ComfyUI name or diffusers class; see `sdkit schedulers`.'
+    )
+    schedule_type: str = Field(
+        "automatic",
+        description="automatic (the sampler's A1111 default: Karras for DPM++ 2M, ...) | uniform | karras | exponential | "
+        "sgm-uniform | simple | normal | ddim | beta (ComfyUI names too); see `sdkit schedulers`.",
+    )
+    clip_skip: int = Field(
+        1, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last layer, 2 = the one before (SD 1.x; "
+        "A1111 ignores it for SD 2.x and SDXL, and so does sdkit)."
     )
     steps: int = Field(20, ge=1, le=1000, description="Denoising steps.")
     cfg: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale (CFG scale); 1 disables guidance.")

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, fast, schedulers
+from sdkit import conditioning, device, fast, infotext, prompts, schedulers
 from sdkit.adapters import adapters_applied, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_component, resolve_model
-from sdkit.outputs import check_output_dir, infotext, write_beside, write_png
+from sdkit.outputs import check_output_dir, write_beside, write_png
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
 from sdkit.schema.generate import SEED_RANGE, GenerateRecipe, image_seed
@@ -46,7 +46,10 @@ class Inputs:
 def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     """Everything that can be checked without loading weights; raises UserError. Writes nothing."""
     check_output_dir(recipe.out)
-    schedulers.resolve(recipe.scheduler)
+    schedulers.resolve(recipe.scheduler, recipe.schedule_type)
+    if recipe.prompt_syntax == "a1111":
+        prompts.check(recipe.prompt, "prompt")
+        prompts.check(recipe.negative, "negative prompt")
     init = load_image(recipe.init_image, "init image") if recipe.init_image else None
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
@@ -84,15 +87,19 @@ def run(
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
         pipe.set_progress_bar_config(disable=True)
 
-        # 4. the sampler, built from the model's own scheduler config
-        pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
+        # 4. the sampler and its schedule, built from the model's own scheduler config
+        pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config, recipe.schedule_type)
+        choice = schedulers.resolve(recipe.scheduler, recipe.schedule_type)
+        schedule = schedulers.written_schedule(choice, loaded.scheduler_config)
 
-        # 5. prompts and call arguments
-        warn_truncated(pipe, recipe.prompt, "prompt")
-        warn_truncated(pipe, recipe.negative, "negative prompt")
+        # 5. prompts (A1111's prompt language, encoded once for the run) and call arguments
+        if recipe.clip_skip > 1 and prompts.clip_skip_ignored(pipe):
+            warn(f"--clip-skip {recipe.clip_skip} is ignored for SD 2.x and SDXL models, as A1111 ignores it")
         call = call_kwargs(recipe, width, height, inputs)
+        call.update(prompts.encode(pipe, recipe.prompt, recipe.negative, syntax=recipe.prompt_syntax, clip_skip=recipe.clip_skip))
         if controls:
             call.update(conditioning.call_kwargs(controls, recipe.mode))
+        units = [infotext.controlnet_unit(ref, c.location) for ref, c in zip(recipe.control, controls, strict=True)]
         fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
 
         # 6. denoise and decode one image per seed, writing each as soon as it is done
@@ -103,7 +110,8 @@ def run(
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
                 image = denoise(pipe, call, seed_k, placement, advance)
-                path = write_png(Path(recipe.out), str(seed_k), image, metadata(image_recipe, model, width, height), index)
+                text = metadata(image_recipe, model, (width, height), schedule, units)
+                path = write_png(Path(recipe.out), str(seed_k), image, text, index)
                 print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
                 if k == 0:
@@ -144,19 +152,8 @@ def effective_steps(recipe: GenerateRecipe) -> int:
     return max(1, min(recipe.steps, int(recipe.steps * recipe.strength)))
 
 
-def warn_truncated(pipe, text: str, what: str) -> None:
-    if not text:
-        return
-    limit = pipe.tokenizer.model_max_length
-    count = len(pipe.tokenizer(text, truncation=False).input_ids)
-    if count > limit:
-        warn(f"{what} is {count} tokens; the text encoder reads {limit}: the last {count - limit} tokens are dropped")
-
-
 def call_kwargs(recipe: GenerateRecipe, width: int, height: int, inputs: Inputs) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "prompt": recipe.prompt,
-        "negative_prompt": recipe.negative or None,
         "num_inference_steps": recipe.steps,
         "guidance_scale": recipe.cfg,
         "output_type": "np",
@@ -194,26 +191,15 @@ def nan_message(placement, where: str) -> str:
     return f"the {where} contain NaN (dtype {placement.dtype_name}): nothing was saved for this image; {hint}"
 
 
-def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -> dict[str, str]:
-    """PNG text chunks: A1111 `parameters` infotext and the resolved recipe as `sdkit` JSON."""
+def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], schedule: str, units: list[str]) -> dict[str, str]:
+    """PNG text chunks: A1111 `parameters` infotext (`sdkit.infotext`) and the resolved recipe as `sdkit` JSON."""
     from sdkit.version import __version__
 
-    fields = {
-        "Steps": recipe.steps,
-        "Sampler": schedulers.resolve(recipe.scheduler).name,
-        "CFG scale": recipe.cfg,
-        "Seed": recipe.seed,
-        "Size": f"{width}x{height}",
-        "Model hash": model.sha256[:10] if model.sha256 else None,
-        "Model": model.name,
-        "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
-        "Version": f"sdkit {__version__}",
-    }
     record = {
         "sdkit": __version__,
         "task": "generate",
         "recipe": recipe.model_dump(mode="json"),
         "model": {"ref": model.ref, "kind": model.kind, "location": model.location, "sha256": model.sha256},
-        "size": [width, height],
+        "size": list(size),
     }
-    return {"parameters": infotext(recipe.prompt, recipe.negative, fields), "sdkit": json.dumps(record)}
+    return {"parameters": infotext.parameters(recipe, model, size, schedule, units), "sdkit": json.dumps(record)}
