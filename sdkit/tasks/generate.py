@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, fast, schedulers
-from sdkit.adapters import adapters_applied, check_file
+from sdkit import adapter_refs, conditioning, device, fast, schedulers
+from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_component, resolve_model
@@ -41,6 +41,7 @@ class Result:
 class Inputs:
     init: Image.Image | None
     mask: Image.Image | None
+    refs: adapter_refs.Refs  # LoRAs, embeddings and the VAE, resolved; the prompt text the encoder reads
 
 
 def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
@@ -51,15 +52,12 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
         check_same_size(init, mask)
-    for lora in recipe.lora:
-        check_file(lora.path, "--lora", recipe.allow_pickle)
-    for emb in recipe.embedding:
-        check_file(emb.path, "--embedding", recipe.allow_pickle)
+    refs = adapter_refs.resolve(recipe)
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
-    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
-    return model, Inputs(init, mask)
+    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle, config=recipe.config, models_dirs=recipe.models_dir)
+    return model, Inputs(init, mask, refs)
 
 
 def run(
@@ -75,10 +73,12 @@ def run(
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
     cache = cache if cache is not None else PipelineCache()
-    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe)
+    refs = inputs.refs
+    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe, vae=refs.vae)
     base = loaded.pipe
+    check_inpainting_model(base, recipe, model)
     width, height = output_size(recipe, base, inputs.init)
-    with adapters_applied(base, recipe.lora, recipe.embedding, fuse=recipe.fuse_lora):
+    with adapters_applied(base, list(refs.loras), list(refs.embeddings), fuse=recipe.fuse_lora):
         # 3. ControlNets (loaded once per run) and their control maps at the output size
         controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
@@ -88,12 +88,12 @@ def run(
         pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
 
         # 5. prompts and call arguments
-        warn_truncated(pipe, recipe.prompt, "prompt")
-        warn_truncated(pipe, recipe.negative, "negative prompt")
-        call = call_kwargs(recipe, width, height, inputs)
+        warn_truncated(pipe, refs.prompt, "prompt")
+        warn_truncated(pipe, refs.negative, "negative prompt")
+        call = call_kwargs(recipe.model_copy(update={"prompt": refs.prompt, "negative": refs.negative}), width, height, inputs)
         if controls:
             call.update(conditioning.call_kwargs(controls, recipe.mode))
-        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
+        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height, **resolved_files(recipe, refs)}
 
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
@@ -103,7 +103,8 @@ def run(
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
                 image = denoise(pipe, call, seed_k, placement, advance)
-                path = write_png(Path(recipe.out), str(seed_k), image, metadata(image_recipe, model, width, height), index)
+                text = metadata(image_recipe, model, width, height, refs)
+                path = write_png(Path(recipe.out), str(seed_k), image, text, index)
                 print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
                 if k == 0:
@@ -194,7 +195,50 @@ def nan_message(placement, where: str) -> str:
     return f"the {where} contain NaN (dtype {placement.dtype_name}): nothing was saved for this image; {hint}"
 
 
-def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -> dict[str, str]:
+def check_inpainting_model(pipe, recipe: GenerateRecipe, model: ModelRef) -> None:
+    """An inpainting model (a 9-channel UNet: latents, mask, masked image) paints only with an image and a mask."""
+    if pipe.unet.config.in_channels == 9 and recipe.mode != "inpaint":
+        raise UserError(f"{model.ref} is an inpainting model (9-channel UNet): give --init-image and --mask, or use its "
+                        "txt2img sibling")  # fmt: skip
+
+
+def resolved_files(recipe: GenerateRecipe, refs: adapter_refs.Refs) -> dict[str, Any]:
+    """The recipe's --lora, --embedding and --vae as the files they resolved to (names looked up in the library):
+    what each image's recipe records. `<lora:...>` tags stay in the prompt, as A1111 records them."""
+    out: dict[str, Any] = {"lora": list(refs.loras[: len(recipe.lora)]), "embedding": list(refs.embeddings[: len(recipe.embedding)])}
+    if refs.vae is not None:
+        out["vae"] = refs.vae.location
+    return out
+
+
+def quote(value: str) -> str:
+    """A1111's infotext quoting: a value holding ',', ':' or a newline is written as a JSON string."""
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ",:\n") else value
+
+
+def adapter_fields(refs: adapter_refs.Refs) -> dict[str, str | None]:
+    """A1111's infotext fields for the VAE (`VAE`, `VAE hash`: sha256[:10]), LoRAs (`Lora hashes`: the sha256 of the
+    tensor bytes, [:12], as A1111 computes it) and embeddings (`TI hashes`: sha256[:12])."""
+    from sdkit.lora_io import read_metadata
+    from sdkit.models import content_hash
+    from sdkit.weightfiles import SAFETENSORS, weights_format
+
+    def lora_hash(path: Path) -> str:
+        if weights_format(path) != SAFETENSORS:
+            return content_hash(path)[:12]
+        return (read_metadata(path).get("sshs_model_hash") or content_hash(path, "addnet"))[:12]
+
+    loras = ", ".join(f"{Path(lora.path).stem}: {lora_hash(Path(lora.path))}" for lora in refs.loras)
+    embs = ", ".join(f"{emb.token or Path(emb.path).stem}: {content_hash(Path(emb.path))[:12]}" for emb in refs.embeddings)
+    return {
+        "VAE": refs.vae.name if refs.vae else None,
+        "VAE hash": refs.vae.sha256[:10] if refs.vae and refs.vae.sha256 else None,
+        "Lora hashes": quote(loras) if loras else None,
+        "TI hashes": quote(embs) if embs else None,
+    }
+
+
+def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int, refs: adapter_refs.Refs | None = None) -> dict[str, str]:
     """PNG text chunks: A1111 `parameters` infotext and the resolved recipe as `sdkit` JSON."""
     from sdkit.version import __version__
 
@@ -206,6 +250,7 @@ def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -
         "Size": f"{width}x{height}",
         "Model hash": model.sha256[:10] if model.sha256 else None,
         "Model": model.name,
+        **(adapter_fields(refs) if refs is not None else {}),
         "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
         "Version": f"sdkit {__version__}",
     }
@@ -216,4 +261,6 @@ def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -
         "model": {"ref": model.ref, "kind": model.kind, "location": model.location, "sha256": model.sha256},
         "size": [width, height],
     }
+    if refs is not None and refs.vae is not None:
+        record["vae"] = {"ref": refs.vae.ref, "kind": refs.vae.kind, "location": refs.vae.location, "sha256": refs.vae.sha256}
     return {"parameters": infotext(recipe.prompt, recipe.negative, fields), "sdkit": json.dumps(record)}
