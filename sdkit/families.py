@@ -190,9 +190,13 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
 
-def fit(header: Header, name: str, title: str, config_dir: Path) -> Fit:
+def fit(header: Header, name: str, title: str, config_dir: Path, memo: dict | None = None) -> Fit:
+    """How `header` fits the tensors of `config_dir` (`memo` keeps each folder's expected shapes across calls)."""
     shapes = header.shapes
-    expected = expected_shapes(config_dir)
+    memo = {} if memo is None else memo
+    if str(config_dir) not in memo:
+        memo[str(config_dir)] = expected_shapes(config_dir)
+    expected = memo[str(config_dir)]
     wrong, missing, matched, total = [], [], 0, 0
     has_vae = any(k in shapes for k in expected["vae"])
     unet = expected["unet"]
@@ -231,19 +235,19 @@ def diffusers_type(header: Header) -> str | None:
         return None
 
 
-def family_fit(header: Header, family: str) -> Fit:
+def family_fit(header: Header, family: str, memo: dict | None = None) -> Fit:
     f = FAMILIES[family]
-    return fit(header, f.name, f.title, f.config_dir)
+    return fit(header, f.name, f.title, f.config_dir, memo)
 
 
-def best_fit(header: Header, where: Path | str) -> Fit:
+def best_fit(header: Header, where: Path | str, memo: dict | None = None) -> Fit:
     """The family the checkpoint fits (diffusers' candidate first, then the others); a UserError naming the closest
     family and what differs when none fits."""
     candidate = DIFFUSERS_TYPES.get(diffusers_type(header) or "")
     order = [candidate] * bool(candidate) + [n for n in FAMILIES if n != candidate]
     fits = []
     for name in order:
-        result = family_fit(header, name)
+        result = family_fit(header, name, memo)
         if result.ok:
             return result
         fits.append(result)

@@ -11,7 +11,7 @@ beside a checkpoint (`model.yaml` for `model.safetensors`, picked up on its own 
 
 The prediction type of a family (the scheduler's `prediction_type`) is taken, first found: a YAML (`--config FILE`,
 else beside the file), the file's header (`modelspec.prediction_type`, kohya's `ss_v_parameterization`), ComfyUI's
-`v_pred` key, else the family's own (SD 2.x: v-prediction at 768 px, as diffusers assumes; an SD 2.x 512-px epsilon
+`v_pred` key (with `ztsnr`: zero terminal SNR), else the family's own (SD 2.x: v-prediction at 768 px, as diffusers assumes; an SD 2.x 512-px epsilon
 file wants a YAML or `--config sd2`).
 """
 
@@ -51,6 +51,7 @@ class Choice:
     fit: Fit
     prediction_type: str | None  # None: the config's own
     source: str  # where the prediction type came from ("" when it is the config's)
+    zero_snr: bool = False  # the file carries ComfyUI's `ztsnr` key (trained with zero terminal SNR)
 
     @property
     def config_dir(self) -> Path:
@@ -121,7 +122,7 @@ def choose(path: Path, config: str | None = None, *, allow_pickle: bool = False,
     result = best_fit(header, path)
     if result.name in ("sd2", "sd2-v") and prediction is not None:  # SD 2.x: the two families differ only here
         result = family_fit(header, "sd2-v" if prediction == V_PREDICTION else "sd2")
-    return _checked(Choice(result, prediction, source), path)
+    return _checked(Choice(result, prediction, source, "ztsnr" in header.shapes), path)
 
 
 def _checked(choice: Choice, path: Path) -> Choice:
@@ -137,12 +138,13 @@ def _checked(choice: Choice, path: Path) -> Choice:
     return choice
 
 
-def _scheduler(config_dir: Path, prediction_type: str):
+def _scheduler(config_dir: Path, prediction_type: str, zero_snr: bool):
     import diffusers
 
     config = read_json(config_dir / "scheduler" / "scheduler_config.json")
     cls = getattr(diffusers, str(config.get("_class_name", "PNDMScheduler")))
-    return cls.from_config({**config, "prediction_type": prediction_type})
+    extra = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if zero_snr else {}
+    return cls.from_config({**config, "prediction_type": prediction_type, **extra})
 
 
 def _ema_unet(path: Path, choice: Choice, dtype):
@@ -170,8 +172,8 @@ def load(path: Path, choice: Choice, *, dtype, vae: Any = None):
     for name in ("tokenizer", "tokenizer_2"):
         if isinstance(index.get(name), list) and index[name][0]:
             kwargs[name] = build_tokenizer(config_dir / name)
-    if choice.prediction_type is not None:
-        kwargs["scheduler"] = _scheduler(config_dir, choice.prediction_type)
+    if choice.prediction_type is not None:  # ComfyUI's ztsnr key: zero terminal SNR, sampled with trailing timesteps
+        kwargs["scheduler"] = _scheduler(config_dir, choice.prediction_type, choice.zero_snr)
     if vae is not None:
         kwargs["vae"] = vae
     if choice.fit.ema_only:
@@ -185,9 +187,9 @@ def load(path: Path, choice: Choice, *, dtype, vae: Any = None):
         raise UserError(f"could not load {path} with the configs in {config_dir} ({first}): pass --config DIR") from None
 
 
-def describe(header: Header) -> str:
-    """A family's title for listings, or "unknown"."""
+def describe(header: Header, memo: dict | None = None) -> str:
+    """A family's title for listings, or "unknown" (`memo`: see sdkit.families.fit)."""
     try:
-        return best_fit(header, "").title
+        return best_fit(header, "", memo).title
     except UserError:
         return "unknown"

@@ -118,7 +118,21 @@ def folder_to_file(recipe: ConvertRecipe, source: Path) -> Path:
     tensors = to_original({n: getattr(pipe, n).state_dict() for n in names}, {n: pipe.unet.config if n == "unet" else
                           pipe.vae.config for n in ("unet", "vae")}, layout)  # fmt: skip
     header = checkpoint_header(pipe, layout, recipe.output, source)
+    tensors |= markers(pipe.scheduler.config)
     return atomic.write_safetensors(recipe.output, {k: v.contiguous() for k, v in tensors.items()}, header)
+
+
+def markers(scheduler_config) -> dict[str, Any]:
+    """ComfyUI's marker keys (empty tensors) for a v-prediction model (`v_pred`) trained with zero terminal SNR
+    (`ztsnr`), which A1111-layout files cannot say otherwise; sdkit reads them back (sdkit.single_file)."""
+    import torch
+
+    out = {}
+    if scheduler_config.get("prediction_type") == "v_prediction":
+        out["v_pred"] = torch.tensor([])
+    if scheduler_config.get("rescale_betas_zero_snr"):
+        out["ztsnr"] = torch.tensor([])
+    return out
 
 
 def file_to_folder(recipe: ConvertRecipe, source: Path) -> Path:
