@@ -90,9 +90,14 @@ def read_header(path: Path, *, allow_pickle: bool = False) -> Header:
         )
     if not allow_pickle:
         raise UserError(f"{path} is a pickle: pass --allow-pickle to load it (with torch's weights_only loader)")
+    import zipfile
+
     import torch
 
-    state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    from sdkit.weightfiles import refusing_code
+
+    with refusing_code([path]):
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=zipfile.is_zipfile(path))
     while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -96,13 +96,13 @@ def _alpha(config: dict[str, Any], module: str, rank: int) -> float:
     return float(config.get("lora_alpha") or rank)
 
 
-def _is_sdxl(modules: dict[str, Any]) -> bool:
-    """SDXL names its text encoders lora_te1_/lora_te2_: a second text encoder, or an SDXL-shaped UNet (its first down
-    block has no attention)."""
+def _is_sdxl(modules: dict[str, Any], metadata: dict[str, str]) -> bool:
+    """SDXL names its text encoders lora_te1_/lora_te2_: a second text encoder, metadata saying SDXL, or UNet layers
+    in a second transformer block (SDXL stacks 2 and 10 of them; SD 1.x/2.x have one)."""
     if any(m.startswith("text_encoder_2.") for m in modules):
         return True
-    unet = [m for m in modules if m.startswith("unet.down_blocks.")]
-    return bool(unet) and not any(m.startswith("unet.down_blocks.0.attentions.") for m in unet)
+    version = (metadata.get("ss_base_model_version", "") + metadata.get("modelspec.architecture", "")).lower()
+    return "xl" in version or any(".transformer_blocks.1." in m for m in modules if m.startswith("unet."))
 
 
 def to_kohya(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -116,7 +116,7 @@ def to_kohya(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     if not _modules(peft):
         raise UserError(f"{path} holds no LoRA layers (no lora_A / lora.down weights): give a LoRA file")
     modules = _modules(peft)
-    sdxl = _is_sdxl(modules)
+    sdxl = _is_sdxl(modules, metadata)
     out = {}
     for module, down in modules.items():
         component, name = module.split(".", 1)
@@ -163,6 +163,8 @@ def to_diffusers(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             peft = convert_unet_state_dict_to_peft(part)
         else:  # diffusers' kohya reader names text-encoder layers in its old format (to_q_lora.down, lora_linear_layer)
             peft = peft_names(convert_state_dict_to_peft(part, original_type=StateDictType.DIFFUSERS_OLD))
+            if not _wrapped(sdxl and component == "text_encoder_2"):  # module names as this transformers has them
+                peft = {k.removeprefix("text_model."): v for k, v in peft.items()}
         ranks = {k: v.shape[1] for k, v in peft.items() if k.endswith(".lora_B.weight")}
         module_alphas = {}
         for module, down in _modules(peft).items():
@@ -173,6 +175,17 @@ def to_diffusers(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         layers[f"{component}_lora_adapter_metadata"] = config
     saved, header = _saved(cls, layers)
     return saved, {**{k: v for k, v in metadata.items() if k != "format"}, **header}
+
+
+def _wrapped(with_projection: bool) -> bool:
+    """Whether transformers' CLIP text model keeps its `text_model.` level (CLIPTextModel lost it in transformers 5.6)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    config = transformers.CLIPTextConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1)
+    with init_empty_weights():
+        return hasattr(cls(config), "text_model")
 
 
 def _saved(cls, layers: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1,8 +1,9 @@
 """Model references: the only code that resolves a `--model` value and touches weights on disk or the hub.
 
-A reference is an alias, a local diffusers folder, a single-file checkpoint, or a hub id. `resolve_model` checks it
-without importing torch (so bad input fails in milliseconds, before anything is loaded or written); `load_pipeline`
-builds the txt2img pipeline through diffusers' own loaders.
+A reference is an alias, a local diffusers folder, a single-file checkpoint, a name or short hash in the model library
+(`sdkit.library`), or a hub id. `resolve_model` checks it without importing torch (so bad input fails in milliseconds,
+before anything is loaded or written); `load_pipeline` builds the txt2img pipeline through diffusers' own loaders
+(single files offline, with the configs of `sdkit.single_file`).
 """
 
 from __future__ import annotations

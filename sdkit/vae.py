@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sdkit.errors import UserError
+from sdkit.models import ModelRef
 from sdkit.weightfiles import check_weights, quiet_libraries, refusing_code
 
 VAE_ALIASES = MappingProxyType(
@@ -30,13 +31,8 @@ VAE_ALIASES = MappingProxyType(
 
 
 @dataclass(frozen=True)
-class VaeRef:
+class VaeRef(ModelRef):
     """A resolved VAE: kind folder, file or hub; `location` an absolute path or a hub id."""
-
-    ref: str
-    kind: str
-    location: str
-    sha256: str | None = None
 
     @property
     def name(self) -> str:

@@ -83,6 +83,8 @@ def files_used(recipe: GenerateRecipe, model: Any) -> list[str]:
         lines.append(f"annotator weights from {where(recipe.annotators_dir)}")
     if recipe.tiny_vae:
         lines.append(f"tiny VAE {recipe.tiny_vae}")
+    if recipe.vae:
+        lines.append(f"VAE {recipe.vae}")
     return [f"uses {line}" for line in lines] + [f"writes into {where(recipe.out)}"]
 
 

@@ -13,7 +13,6 @@ are new files or folders, written atomically; nothing existing is replaced.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +66,11 @@ def _source(recipe: ConvertRecipe) -> Path:
 
 
 def _check_output(output: Path, to_file: bool) -> None:
+    from sdkit.outputs import check_output_dir
+
     if output.exists():
         raise UserError(f"--output {output} exists: give a new path (convert never replaces a file or folder)")
-    probe = output.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"--output {output}: {probe} is not a writable folder: choose another path")
+    check_output_dir(output.parent)  # a writable folder (or one that can be made), inside --output-root if set
     if to_file and output.suffix.lower() != ".safetensors":
         raise UserError(f"--output {output}: single files are written as safetensors: give a path ending in .safetensors")
 
