@@ -198,3 +198,14 @@ def test_acceptance_shapes_file_offline(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "Hub" not in done.stderr and "internal error" not in done.stderr, done.stderr
     assert (pixels(tmp_path / "file" / "00001-1.png") == pixels(tmp_path / "folder" / "00001-1.png")).all()
+
+
+def test_pickled_checkpoint_needs_allow_pickle(files, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "shapes.ckpt"
+    torch.save({"state_dict": load_file(files["shapes"])}, ckpt)  # as LDM checkpoints nest it
+    assert_user_error(invoke("generate", "x", "-m", ckpt, "-o", tmp_path / "o"), "--allow-pickle")
+    base = generated(tmp_path / "base", "a red circle", "-m", files["shapes"], *FAST)
+    assert (generated(tmp_path / "ckpt", "a red circle", "-m", ckpt, "--allow-pickle", *FAST) == base).all()
