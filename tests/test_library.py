@@ -89,6 +89,26 @@ def _gen(tmp: Path, name: str, *args) -> np.ndarray:
     return generated(tmp / name, *args, *FAST)
 
 
+def _infotext(out: Path) -> str:
+    from PIL import Image
+
+    with Image.open(next(out.glob("*.png"))) as image:
+        return image.text["parameters"]
+
+
+def test_vae_is_part_of_the_pipeline_cache_key(lib) -> None:
+    """Jobs of one run that differ only in --vae load the model twice; the same VAE again reuses it."""
+    from sdkit.pipelines import PipelineCache
+    from sdkit.schema.generate import GenerateRecipe
+    from sdkit.tasks.generate import run
+
+    cache = PipelineCache()
+    out = lib["root"] / "cache-key"
+    for vae in (None, lib["root"] / "vae.safetensors", lib["root"] / "vae.safetensors"):
+        run(GenerateRecipe(prompt="x", steps=1, seed=1, out=out, vae=str(vae) if vae else None), cache)
+    assert cache.loads == 2
+
+
 def test_a1111_names_and_hashes(lib, tmp_path: Path) -> None:
     from sdkit.models import content_hash
 
@@ -98,6 +118,8 @@ def test_a1111_names_and_hashes(lib, tmp_path: Path) -> None:
     short = content_hash(lib["a1111"] / "models/Stable-diffusion/shapes-sd.safetensors")[:10]
     assert (_gen(tmp_path, "hash", PROMPT, "-m", short, *a1111) == base).all()
     assert (_gen(tmp_path, "vae", PROMPT, "--vae", "shapes.vae", *a1111) == base).all()
+    vae_sha = content_hash(lib["a1111"] / "models/VAE/shapes.vae.safetensors")[:10]
+    assert f"VAE: shapes.vae.safetensors, VAE hash: {vae_sha}" in _infotext(tmp_path / "vae")
     by_path = _gen(tmp_path, "lora-path", PROMPT, "--lora", f"{lib['styl']}:0.8")
     assert not (by_path == base).all()
     assert (_gen(tmp_path, "lora-name", PROMPT, "--lora", "styl:0.8", *a1111) == by_path).all()
@@ -116,11 +138,11 @@ def test_lora_tags_in_the_prompt(lib, tmp_path: Path) -> None:
     split = _gen(tmp_path, "split", f"{PROMPT} <lora:unetonly:1:0.5>", *a1111)
     assert (split == _gen(tmp_path, "half", PROMPT, "--lora", "unetonly:0.5", *a1111)).all()
     assert not (split == _gen(tmp_path, "one", PROMPT, "--lora", "unetonly:1", *a1111)).all()
-    text = __import__("PIL.Image", fromlist=["Image"]).open(next((tmp_path / "tag").glob("*.png"))).text
-    assert text["parameters"].startswith(f"{PROMPT} <lora:styl:0.8>\n")  # recorded as written, as A1111 does
+    text = _infotext(tmp_path / "tag")
+    assert text.startswith(f"{PROMPT} <lora:styl:0.8>\n")  # recorded as written, as A1111 does
     from sdkit.models import content_hash
 
-    assert f'Lora hashes: "styl: {content_hash(lib["styl"], "addnet")[:12]}"' in text["parameters"]
+    assert f'Lora hashes: "styl: {content_hash(lib["styl"], "addnet")[:12]}"' in text
 
 
 def test_embedding_named_in_the_prompt(lib, tmp_path: Path) -> None:
@@ -130,8 +152,9 @@ def test_embedding_named_in_the_prompt(lib, tmp_path: Path) -> None:
     explicit = _gen(tmp_path, "explicit", prompt.replace("Zig", "zig"), "--embedding", f"{lib['zig']}:zig")
     assert (named == explicit).all()
     assert not (named == _gen(tmp_path, "plain", prompt)).all()
-    text = __import__("PIL.Image", fromlist=["Image"]).open(next((tmp_path / "named").glob("*.png"))).text
-    assert "TI hashes: \"zig: " in text["parameters"]
+    by_name = _gen(tmp_path, "by-name", prompt.replace("Zig", "zig"), "--embedding", "zig:zig", "--models-dir", lib["comfy"])
+    assert (by_name == explicit).all()
+    assert 'TI hashes: "zig: ' in _infotext(tmp_path / "named")
 
 
 def test_comfyui_layout(lib, tmp_path: Path) -> None:
