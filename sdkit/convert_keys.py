@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sdkit.errors import UserError
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 # where each text encoder goes, and in which format ("clip": Hugging Face names, "openclip": OpenCLIP's)
@@ -35,8 +37,11 @@ OPENCLIP_LAYER = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1
                   ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))  # fmt: skip
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError):
     """A state dict that this mapping cannot place (a key it does not know, or a config it does not cover)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}: this model has no single-file (original) form; keep it as a diffusers folder")
 
 
 def _rename(key: str, prefixes: Mapping[str, str], inner: tuple[tuple[str, str], ...] = ()) -> str | None:

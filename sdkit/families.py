@@ -121,10 +121,9 @@ def text_encoder_names(config_dir: Path) -> list[str]:
 
 def pipeline_class(config_dir: Path) -> str:
     """The txt2img pipeline class a config folder describes (inpainting folders load as their txt2img class)."""
-    index = read_json(Path(config_dir) / "model_index.json")
-    return "StableDiffusionXLPipeline" if "text_encoder_2" in text_encoder_names(config_dir) or "XL" in str(
-        index.get("_class_name", "")
-    ) else "StableDiffusionPipeline"
+    named = str(read_json(Path(config_dir) / "model_index.json").get("_class_name", ""))
+    sdxl = "XL" in named or "text_encoder_2" in text_encoder_names(config_dir)
+    return "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
 
 
 def expected_shapes(config_dir: Path) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -113,3 +113,13 @@ def test_config_files_are_small_json() -> None:
     assert files and all(p.suffix == ".json" and p.stat().st_size < 4096 for p in files)
     assert all(isinstance(json.loads(p.read_text()), dict) for p in files)
     assert MERGES.stat().st_size < 250_000
+
+
+def test_layout_errors_are_user_errors() -> None:
+    from sdkit.convert_keys import unet_to_original, vae_to_original
+
+    config = {"layers_per_block": [1, 2], "down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2}
+    with pytest.raises(UserError, match="differs per block.*keep it as a diffusers folder"):
+        unet_to_original({}, config)
+    with pytest.raises(UserError, match="'encoder.extra.weight' has no place"):
+        vae_to_original({"encoder.extra.weight": None}, {"down_block_types": ["DownEncoderBlock2D"]})
