@@ -89,9 +89,18 @@ def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
                 "another architecture (refusing a silent partial load)"
             )
         names.append(adapter)
-    pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
+    pipe.set_adapters(names, adapter_weights=[_weights(pipe, name, lora) for name, lora in zip(names, loras, strict=True)])
     if fuse:
         pipe.fuse_lora(adapter_names=names)
+
+
+def _weights(pipe, adapter: str, lora: LoraRef) -> float | dict[str, float]:
+    """One adapter's weight, or per component when the UNet's differs (A1111's <lora:NAME:TE:UNET>): diffusers'
+    `set_adapters` takes a dict of the components that hold the adapter."""
+    if lora.unet_weight is None:
+        return lora.weight
+    parts = [part for part, names in pipe.get_list_adapters().items() if adapter in names]
+    return {part: lora.unet_weight if part in ("unet", "transformer") else lora.weight for part in parts}
 
 
 def _misfit(err: BaseException) -> str:

@@ -105,16 +105,31 @@ def controlnet_unit(control: Any, location: str) -> str:
     return ", ".join(f"{k}: {v}" for k, v in fields.items())
 
 
-def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, controls: list[str] | None = None) -> str:
-    """The `parameters` text of one image made by `recipe` (seed and size resolved) with `model` (a ModelRef)."""
+def lora_hash(path: Path) -> str:
+    """A1111's short LoRA hash: the file's `sshs_model_hash`, else the sha256 of its tensor bytes (the "addnet" hash,
+    AutoV3), 12 characters; a pickled file's whole-file sha256."""
+    from sdkit.lora_io import read_metadata
+    from sdkit.models import content_hash
+    from sdkit.weightfiles import SAFETENSORS, weights_format
+
+    if weights_format(path) != SAFETENSORS:
+        return content_hash(path)[:12]
+    return (read_metadata(path).get("sshs_model_hash") or content_hash(path, "addnet"))[:12]
+
+
+def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, controls: list[str] | None = None,
+               refs: Any = None) -> str:  # fmt: skip
+    """The `parameters` text of one image made by `recipe` (seed and size resolved) with `model` (a ModelRef);
+    `refs` (sdkit.adapter_refs.Refs): the LoRAs (with the prompt's tags), embeddings and VAE the run resolved."""
     from sdkit import schedulers
     from sdkit.models import content_hash
     from sdkit.version import __version__
 
-    vae = getattr(recipe, "vae", None)
-    vae_path = Path(vae) if vae and Path(vae).exists() else None
+    loras = list(refs.loras) if refs is not None else list(recipe.lora)
+    embeddings = list(refs.embeddings) if refs is not None else list(recipe.embedding)
+    vae = refs.vae if refs is not None else None
     used = f"{recipe.prompt} {recipe.negative}"
-    tokens = [(embedding_token(emb), emb.path) for emb in recipe.embedding]
+    tokens = [(embedding_token(emb), emb.path) for emb in embeddings]
     fields: dict[str, Any] = {
         "Steps": recipe.steps,
         "Sampler": schedulers.resolve(recipe.scheduler, recipe.schedule_type).name,
@@ -124,18 +139,18 @@ def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, co
         "Size": f"{size[0]}x{size[1]}",
         "Model hash": model.sha256[:10] if model.sha256 else None,
         "Model": model.name,
-        "VAE hash": content_hash(vae_path)[:10] if vae_path else None,
-        "VAE": (vae_path.stem if vae_path else str(vae)) if vae else None,
+        "VAE hash": vae.sha256[:10] if vae is not None and vae.sha256 else None,
+        "VAE": vae.name if vae is not None else None,
         "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
         "Clip skip": recipe.clip_skip if recipe.clip_skip > 1 else None,
         "RNG": "CPU",
         **{f"ControlNet {i}": unit for i, unit in enumerate(controls or [])},
-        "Lora hashes": _hashes([(Path(lo.path).stem, content_hash(Path(lo.path))[:10]) for lo in recipe.lora]),
-        "TI hashes": _hashes([(t, content_hash(Path(p))[:12]) for t, p in tokens if t in used]),
+        "Lora hashes": _hashes([(Path(lo.path).stem, lora_hash(Path(lo.path))) for lo in loras]),
+        "TI hashes": _hashes([(t, content_hash(Path(p))[:12]) for t, p in tokens if t.lower() in used.lower()]),
         "Emphasis": "None" if recipe.prompt_syntax == "plain" and any(c in used for c in "([") else None,
         "Version": f"sdkit {__version__}",
     }
-    return format_infotext(lora_tags(recipe.prompt, recipe.lora), recipe.negative, fields)
+    return format_infotext(lora_tags(recipe.prompt, list(recipe.lora)), recipe.negative, fields)
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -345,19 +360,34 @@ def _recipe_has(name: str) -> bool:
     return name in GenerateRecipe.model_fields
 
 
-def default_resolver(kind: str, name: str | None, short_hash: str | None) -> str | None:
-    """Finds what is named as it is written: an existing path (for LoRAs, embeddings and VAEs also with
-    `.safetensors` added), or for a model an alias or a hub id. The model library replaces it with lookups by hash."""
-    from sdkit.models import ALIASES, HUB_ID
+LIBRARY_KINDS = {"model": "checkpoints", "lora": "loras", "embedding": "embeddings", "vae": "vae"}
 
-    if not name:
+
+def library_resolver(models_dirs: Any = None) -> Resolver:
+    """Finds what an image names: an existing path (for LoRAs, embeddings and VAEs also with `.safetensors` added),
+    else the model library's file of that name and/or short hash (`sdkit.library.find`, in `models_dirs` and the
+    configured roots), else for a model an alias or a hub id."""
+
+    def resolve(kind: str, name: str | None, short_hash: str | None) -> str | None:
+        from sdkit import library
+        from sdkit.models import ALIASES, HUB_ID
+
+        for candidate in ((name, f"{name}.safetensors") if kind != "model" else (name,)) if name else ():
+            if Path(candidate).expanduser().exists():
+                return str(Path(candidate).expanduser())
+        found = library.find(LIBRARY_KINDS[kind], name, short_hash, explicit=models_dirs)
+        if found is not None:
+            return str(found)
+        if kind == "model" and name and (name.strip().lower() in ALIASES or HUB_ID.match(name)):
+            return name
         return None
-    for candidate in (name, f"{name}.safetensors") if kind != "model" else (name,):
-        if Path(candidate).expanduser().exists():
-            return str(Path(candidate).expanduser())
-    if kind == "model" and (name.strip().lower() in ALIASES or HUB_ID.match(name)):
-        return name
-    return None
+
+    return resolve
+
+
+def default_resolver(kind: str, name: str | None, short_hash: str | None) -> str | None:
+    """`library_resolver()` over the configured library roots."""
+    return library_resolver()(kind, name, short_hash)
 
 
 # --- images ----------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sdkit import device
 from sdkit.errors import UserError
 from sdkit.models import ModelRef, load_pipeline, resolve_component
 from sdkit.schema.base import Speed
+from sdkit.vae import VaeRef
 
 
 @dataclass
@@ -27,11 +28,14 @@ class PipelineCache:
     controlnets: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
 
-    def get(self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False, speed: Speed | None = None) -> Loaded:
-        key = (model.location, model.sha256, str(placement.device), str(placement.dtype), placement.offload, allow_pickle,
-               speed.speed_key() if speed else None)
+    def get(
+        self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False, speed: Speed | None = None,
+        vae: VaeRef | None = None,
+    ) -> Loaded:  # fmt: skip
+        key = (model.location, model.sha256, model.config, str(placement.device), str(placement.dtype), placement.offload,
+               allow_pickle, speed.speed_key() if speed else None, (vae.location, vae.sha256) if vae else None)
         if key not in self.entries:
-            pipe = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=allow_pickle)
+            pipe = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=allow_pickle, vae=vae)
             if speed is not None:
                 apply_speed(pipe, speed, placement)
             device.place(pipe, placement)

@@ -121,7 +121,7 @@ def test_written_infotext_reads_back_under_a1111s_rules(tmp_path: Path) -> None:
     assert lines[0] == "a (red:1.2) cat, sitting <lora:style:0.7>" and lines[1] == "Negative prompt: blurry, lowres"
     assert lines[2].startswith("Steps: 12, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 4242, "
                                'Size: 32x48, Model hash: ababababab, Model: "tiny, v1: x", Clip skip: 2, RNG: CPU, ')
-    assert re.search(r'Lora hashes: "style: [0-9a-f]{10}"', lines[2]) and lines[2].endswith(", Version: sdkit " + __import__("sdkit").__version__)
+    assert re.search(r'Lora hashes: "style: [0-9a-f]{12}"', lines[2]) and lines[2].endswith(", Version: sdkit " + __import__("sdkit").__version__)
     a1111 = a1111_parse(text)
     assert a1111["Model"] == "tiny, v1: x" and a1111["Clip skip"] == "2" and a1111["Size-1"] == "32"
     assert a1111["Prompt"] == lines[0] and a1111["Negative prompt"] == "blurry, lowres"
@@ -252,7 +252,7 @@ def test_replay_and_from_png_of_an_a1111_image(a1111_world: Path, monkeypatch: p
     assert len(warnings) == 1 and "ADetailer model" in warnings[0] and "Hires fix" in warnings[0] and "RNG GPU" in warnings[0]
     made = json.loads(Image.open("replayed/00001-1234.png").text["sdkit"])["recipe"]
     assert (made["scheduler"], made["schedule_type"], made["clip_skip"], made["cfg"]) == ("DPM++ 2M SDE", "karras", 2, 6.5)
-    assert Path(made["model"]).name == "tiny, v1: x" and made["lora"] == [{"path": "style.safetensors", "weight": 0.7}]
+    assert Path(made["model"]).name == "tiny, v1: x" and [(Path(lo["path"]).name, lo["weight"]) for lo in made["lora"]] == [("style.safetensors", 0.7)]
     direct = invoke("generate", "a photo of a cat , (masterpiece:1.2)", "--negative", "blurry, lowres", "-m", "tiny, v1: x",
                     "--steps", "3", "--scheduler", "DPM++ 2M SDE Karras", "--cfg", "6.5", "--seed", "1234", "--width", "32",
                     "--height", "48", "--clip-skip", "2", "--lora", "style.safetensors:0.7", "-o", "direct")

@@ -32,6 +32,7 @@ TOOLS: dict[str, str] = {
     "schedulers": "List the samplers: A1111 name, schedule types, diffusers class and options; and what is refused.",
     "run": "Run YAML recipe files: every job is validated before the first one runs; one model load per run.",
     "schema": "Print the JSON Schema of a task's recipe (for editor completion of recipe files).",
+    "models": "List the model library (checkpoints, loras, embeddings, vae, controlnet): family, size, hash, trigger words.",
 }
 
 

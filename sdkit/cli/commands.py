@@ -1,4 +1,4 @@
-"""info, replay, schedulers, run, schema: the top-level commands that are not tasks (their help: sdkit.cli.TOOLS)."""
+"""info, replay, schedulers, run, schema, models: the top-level commands that are not tasks (their help: sdkit.cli.TOOLS)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,11 @@ def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
 def from_png_fields(image: Path, given: dict[str, Any]) -> dict[str, Any]:
     """`sdkit generate --from-png IMAGE`: the recipe fields the image describes, for the flags given to override.
     Fields the flags set are not looked up (a model given with -m need not exist under the image's name)."""
-    from sdkit.infotext import import_image
+    from sdkit.infotext import import_image, library_resolver
     from sdkit.progress import warn
 
-    imported = import_image(image, skip=frozenset(k for k, v in given.items() if v not in (None, [], ())))
+    skip = frozenset(k for k, v in given.items() if v not in (None, [], ()))
+    imported = import_image(image, library_resolver(given.get("models_dir") or None), skip)
     if imported.ignored:
         warn(f"{image}: sdkit does not reproduce {', '.join(imported.ignored)}")
     return imported.fields
@@ -113,6 +114,8 @@ def files_used(recipe: GenerateRecipe, model: Any) -> list[str]:
         lines.append(f"annotator weights from {where(recipe.annotators_dir)}")
     if recipe.tiny_vae:
         lines.append(f"tiny VAE {recipe.tiny_vae}")
+    if recipe.vae:
+        lines.append(f"VAE {recipe.vae}")
     return [f"uses {line}" for line in lines] + [f"writes into {where(recipe.out)}"]
 
 
@@ -184,3 +187,37 @@ def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name
     tasks = [get_task(task)] if task else list(TASKS)
     schemas = {t.name: t.schema.model_json_schema() for t in tasks}
     print(json.dumps(schemas[task] if task else schemas, indent=2))
+
+
+@app.command("models", help=COMMANDS["models"][2])
+@guarded
+def models_command(
+    kind: Annotated[Optional[str], typer.Argument(help="checkpoints, loras, embeddings, vae or controlnet (default: all).")] = None,  # noqa: UP045
+    models_dir: Annotated[Optional[list[Path]], typer.Option("--models-dir", help="Library folder (repeatable); default: $SDKIT_MODELS, else models_dir in ~/.config/sdkit/config.yaml.")] = None,  # noqa: UP045
+    hashes: Annotated[bool, typer.Option("--hash/--no-hash", help="Show each file's short hash (read once, then cached).")] = True,
+) -> None:
+    """One table per kind on stdout: NAME (what -m/--lora/... take), FAMILY, SIZE, HASH (A1111's short hash) and, for
+    LoRAs, trigger words. The folders read are named on stderr."""
+    from sdkit import library
+    from sdkit.model_info import human_size, row
+
+    kinds = [kind] if kind else list(library.KINDS)
+    if kind is not None and kind not in library.KINDS:
+        raise UserError(f"unknown kind {kind!r}: use one of {', '.join(library.KINDS)}")
+    roots = library.roots(models_dir)
+    if not roots:
+        raise UserError("no model library is set: give --models-dir DIR, or set $SDKIT_MODELS or models_dir in "
+                        "~/.config/sdkit/config.yaml")  # fmt: skip
+    for root in roots:
+        print(f"library {root.path} ({root.layout} layout)", file=sys.stderr)
+    memo: dict = {}
+    for name in kinds:
+        rows = [row(entry, with_hash=hashes, memo=memo) for entry in library.entries(name, models_dir)]
+        print(f"{name} ({len(rows)})")
+        if not rows:
+            continue
+        table = [("NAME", "FAMILY", "SIZE", "HASH", "TRIGGER WORDS" if name == "loras" else "")]
+        table += [(r.name, r.family, human_size(r.size), r.short_hash, r.triggers) for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(5)]
+        for line in table:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

@@ -41,9 +41,25 @@ class GenerateRecipe(Speed, Placement):
     )
     model: str = Field(
         "shapes",
-        description="A diffusers folder, a .safetensors checkpoint, a hub id (org/name) or an alias "
-        "(shapes, sd15, sd21, sdxl, sd-turbo, sdxl-turbo).",
+        description="A diffusers folder, a .safetensors checkpoint, a name or short hash in the model library, a hub "
+        "id (org/name) or an alias (shapes, sd15, sd21, sdxl, sd-turbo, sdxl-turbo).",
         json_schema_extra=cli("-m"),
+    )
+    config: str | None = Field(
+        None,
+        description="Single-file checkpoints: the configs to load it with: a diffusers folder, a family (sd1, "
+        "sd1-inpaint, sd2, sd2-v, sd2-inpaint, sdxl, sdxl-inpaint, shapes) or an original .yaml. Default: detected "
+        "from the keys.",
+    )
+    vae: str | None = Field(
+        None,
+        description="Replace the model's VAE: a diffusers folder, a single-file VAE, a library name or hash, an alias "
+        "(sd-vae-ft-mse, sdxl-vae-fp16-fix, ...) or a hub id.",
+    )
+    models_dir: list[Path] = Field(
+        [],
+        description="Model library folder (checkpoints/ loras/ embeddings/ vae/ controlnet/, or an A1111 or ComfyUI "
+        "installation); repeatable. Default: $SDKIT_MODELS, else models_dir in ~/.config/sdkit/config.yaml.",
     )
     scheduler: str = Field(
         "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...), ComfyUI name or diffusers class; see `sdkit schedulers`.'
@@ -80,10 +96,12 @@ class GenerateRecipe(Speed, Placement):
     mask: Path | None = Field(None, description="Inpaint mask (white = repaint), the same size as the init image.")
     out: Path = Field(Path("outputs"), description="Output folder; files are numbered 00001-<seed>.png and never overwritten.", json_schema_extra=cli("-o"))
     lora: list[LoraRef] = Field(
-        [], description="LoRA file as PATH[:WEIGHT] (diffusers, kohya or A1111 format); repeat for several adapters."
+        [], description="LoRA as PATH|NAME[:WEIGHT[:UNET_WEIGHT]] (diffusers, kohya or A1111 format; NAME from the "
+        "model library); repeat for several adapters. <lora:NAME:WEIGHT> in the prompt does the same."
     )
     embedding: list[EmbeddingRef] = Field(
-        [], description="Textual-inversion embedding as PATH[:TOKEN] (diffusers or A1111 format); repeatable."
+        [], description="Textual-inversion embedding as PATH|NAME[:TOKEN] (diffusers or A1111 format); repeatable. "
+        "Library embeddings also apply when their name is a word of the prompt, as in A1111."
     )
     control: list[ControlRef] = Field(
         [],

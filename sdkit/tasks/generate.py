@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, fast, infotext, prompts, schedulers
-from sdkit.adapters import adapters_applied, check_file
+from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, schedulers
+from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_component, resolve_model
@@ -41,6 +41,7 @@ class Result:
 class Inputs:
     init: Image.Image | None
     mask: Image.Image | None
+    refs: adapter_refs.Refs  # LoRAs, embeddings and the VAE, resolved; the prompt text the encoder reads
 
 
 def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
@@ -54,15 +55,12 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
         check_same_size(init, mask)
-    for lora in recipe.lora:
-        check_file(lora.path, "--lora", recipe.allow_pickle)
-    for emb in recipe.embedding:
-        check_file(emb.path, "--embedding", recipe.allow_pickle)
+    refs = adapter_refs.resolve(recipe)
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
-    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
-    return model, Inputs(init, mask)
+    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle, config=recipe.config, models_dirs=recipe.models_dir)
+    return model, Inputs(init, mask, refs)
 
 
 def run(
@@ -78,10 +76,12 @@ def run(
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
     cache = cache if cache is not None else PipelineCache()
-    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe)
+    refs = inputs.refs
+    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe, vae=refs.vae)
     base = loaded.pipe
+    check_inpainting_model(base, recipe, model)
     width, height = output_size(recipe, base, inputs.init)
-    with adapters_applied(base, recipe.lora, recipe.embedding, fuse=recipe.fuse_lora):
+    with adapters_applied(base, list(refs.loras), list(refs.embeddings), fuse=recipe.fuse_lora):
         # 3. ControlNets (loaded once per run) and their control maps at the output size
         controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
@@ -92,15 +92,15 @@ def run(
         choice = schedulers.resolve(recipe.scheduler, recipe.schedule_type)
         schedule = schedulers.written_schedule(choice, loaded.scheduler_config)
 
-        # 5. prompts (A1111's prompt language, encoded once for the run) and call arguments
+        # 5. prompts (A1111's prompt language, encoded once for the run; LoRA tags already taken out) and call arguments
         if recipe.clip_skip > 1 and prompts.clip_skip_ignored(pipe):
             warn(f"--clip-skip {recipe.clip_skip} is ignored for SD 2.x and SDXL models, as A1111 ignores it")
         call = call_kwargs(recipe, width, height, inputs)
-        call.update(prompts.encode(pipe, recipe.prompt, recipe.negative, syntax=recipe.prompt_syntax, clip_skip=recipe.clip_skip))
+        call.update(prompts.encode(pipe, refs.prompt, refs.negative, syntax=recipe.prompt_syntax, clip_skip=recipe.clip_skip))
         if controls:
             call.update(conditioning.call_kwargs(controls, recipe.mode))
         units = [infotext.controlnet_unit(ref, c.location) for ref, c in zip(recipe.control, controls, strict=True)]
-        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
+        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height, **resolved_files(recipe, refs)}
 
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
@@ -110,7 +110,7 @@ def run(
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
                 image = denoise(pipe, call, seed_k, placement, advance)
-                text = metadata(image_recipe, model, (width, height), schedule, units)
+                text = metadata(image_recipe, model, (width, height), schedule, units, refs)
                 path = write_png(Path(recipe.out), str(seed_k), image, text, index)
                 print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
@@ -191,7 +191,24 @@ def nan_message(placement, where: str) -> str:
     return f"the {where} contain NaN (dtype {placement.dtype_name}): nothing was saved for this image; {hint}"
 
 
-def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], schedule: str, units: list[str]) -> dict[str, str]:
+def check_inpainting_model(pipe, recipe: GenerateRecipe, model: ModelRef) -> None:
+    """An inpainting model (a 9-channel UNet: latents, mask, masked image) paints only with an image and a mask."""
+    if pipe.unet.config.in_channels == 9 and recipe.mode != "inpaint":
+        raise UserError(f"{model.ref} is an inpainting model (9-channel UNet): give --init-image and --mask, or use its "
+                        "txt2img sibling")  # fmt: skip
+
+
+def resolved_files(recipe: GenerateRecipe, refs: adapter_refs.Refs) -> dict[str, Any]:
+    """The recipe's --lora, --embedding and --vae as the files they resolved to (names looked up in the library):
+    what each image's recipe records. `<lora:...>` tags stay in the prompt, as A1111 records them."""
+    out: dict[str, Any] = {"lora": list(refs.loras[: len(recipe.lora)]), "embedding": list(refs.embeddings[: len(recipe.embedding)])}
+    if refs.vae is not None:
+        out["vae"] = refs.vae.location
+    return out
+
+
+def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], schedule: str, units: list[str],
+             refs: adapter_refs.Refs | None = None) -> dict[str, str]:  # fmt: skip
     """PNG text chunks: A1111 `parameters` infotext (`sdkit.infotext`) and the resolved recipe as `sdkit` JSON."""
     from sdkit.version import __version__
 
@@ -202,4 +219,6 @@ def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], sch
         "model": {"ref": model.ref, "kind": model.kind, "location": model.location, "sha256": model.sha256},
         "size": list(size),
     }
-    return {"parameters": infotext.parameters(recipe, model, size, schedule, units), "sdkit": json.dumps(record)}
+    if refs is not None and refs.vae is not None:
+        record["vae"] = {"ref": refs.vae.ref, "kind": refs.vae.kind, "location": refs.vae.location, "sha256": refs.vae.sha256}
+    return {"parameters": infotext.parameters(recipe, model, size, schedule, units, refs), "sdkit": json.dumps(record)}

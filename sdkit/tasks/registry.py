@@ -92,6 +92,8 @@ TASKS: tuple[Task, ...] = (
     Task("preprocess", ("preprocess",), "sdkit.schema.control:PreprocessRecipe", "sdkit.tasks.preprocess:run", "output",
          "Turn a picture into a ControlNet control map: canny, openpose, depth, seg, normal, mlsd, hed, scribble, "
          "lineart or shuffle (weights from the hub, or --annotators-dir / $SDKIT_ANNOTATORS)."),
+    Task("convert", ("convert",), "sdkit.schema.convert:ConvertRecipe", "sdkit.tasks.convert:run", "output",
+         "Convert models: diffusers folder <-> single-file checkpoint, VAE folder <-> file, LoRA diffusers <-> kohya."),
     _trainer("text-to-image", "sdkit.schema.train:TrainTextToImageRecipe",
              "Train or fine-tune a text-to-image model (from a pipeline, or from scratch from an architecture preset)."),
     _trainer("lora", "sdkit.schema.finetune:TrainLoraRecipe",
