@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, fast, schedulers
+from sdkit import conditioning, device, fast, refiner, schedulers
 from sdkit.adapters import adapters_applied, check_file
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
@@ -58,6 +58,7 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
+    refiner.check(recipe)
     model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
     return model, Inputs(init, mask)
 
@@ -84,8 +85,9 @@ def run(
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
         pipe.set_progress_bar_config(disable=True)
 
-        # 4. the sampler, built from the model's own scheduler config
+        # 4. the sampler, built from the model's own scheduler config; an SDXL refiner takes over at refiner_switch
         pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
+        pipe = refiner.handoff(pipe, recipe, cache, placement)
 
         # 5. prompts and call arguments
         warn_truncated(pipe, recipe.prompt, "prompt")
@@ -207,6 +209,7 @@ def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -
         "Model hash": model.sha256[:10] if model.sha256 else None,
         "Model": model.name,
         "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
+        **refiner.infotext_fields(recipe),
         "Version": f"sdkit {__version__}",
     }
     record = {
