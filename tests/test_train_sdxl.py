@@ -179,3 +179,32 @@ def test_the_loss_feeds_sdxl_micro_conditioning_pooled_text_and_zeros_for_droppe
             with torch.no_grad():
                 prompt_embeds, _, pooled_embeds, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)
             assert torch.allclose(hidden[0], prompt_embeds[0], atol=1e-6) and torch.allclose(pooled[0], pooled_embeds[0], atol=1e-6)
+
+
+def test_init_from_starts_the_sdxl_shapes_model_from_the_sd_one() -> None:
+    from sdkit.architectures import build_pipeline
+    from sdkit.models import load_pipeline, resolve_model
+    from sdkit.training.warmstart import init_from
+
+    pipe = build_pipeline("shapes-sdxl")
+    assert init_from(pipe, "shapes") == {"vae": (156, 156), "unet": (326, 330)}  # all but add_embedding; no encoder
+    source = load_pipeline(resolve_model("shapes"), torch_dtype=torch.float32)
+    ours = pipe.unet.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in source.unet.state_dict().items())
+    assert pipe.vae.config.scaling_factor == source.vae.config.scaling_factor
+    noisy, hidden = torch.randn(1, 4, 16, 16), torch.randn(1, 32, 128)
+    added = {"text_embeds": torch.randn(1, 64), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    with torch.no_grad():  # the added conditioning starts at zero output: the copy predicts what the SD UNet does
+        assert torch.allclose(pipe.unet(noisy, 500, hidden, added_cond_kwargs=added).sample, source.unet(noisy, 500, hidden).sample)
+
+
+def test_a_preset_run_saves_the_trained_noise_schedule(data: Path, tmp_path: Path) -> None:
+    import json
+
+    recipe = TrainTextToImageRecipe(preset="shapes-sdxl", init_from="shapes", data_dir=data, output_dir=tmp_path / "run",
+                                    max_steps=1, train_batch_size=2, train_text_encoder=True, cache_latents=True,
+                                    prediction_type="v_prediction", rescale_betas_zero_snr=True, **FAST)  # fmt: skip
+    model = train_text_to_image.run(recipe).files[0]
+    config = json.loads((model / "scheduler/scheduler_config.json").read_text())
+    assert (config["prediction_type"], config["rescale_betas_zero_snr"], config["timestep_spacing"]) == ("v_prediction", True, "trailing")
+    assert '"StableDiffusionXLPipeline"' in (model / "model_index.json").read_text()
