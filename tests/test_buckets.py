@@ -4,6 +4,7 @@ and training on mixed portrait and landscape images: both buckets train, exact r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,37 @@ def test_sdxl_micro_conditioning_gets_each_bucket(tiny_sdxl_dir: Path, mixed: Pa
     run_trainer(Recording(recipe))
     rows = {tuple(row) for batch in seen for row in batch}
     assert rows == {(24.0, 40.0, 0.0, 0.0, 24.0, 40.0), (40.0, 24.0, 0.0, 0.0, 40.0, 24.0)}  # h, w: whole, uncropped
+
+
+@pytest.mark.parametrize(
+    "trainer",
+    [
+        ["dreambooth", "--instance-prompt", "a sks picture", "--lora"],
+        ["textual-inversion", "--token", "<pic>", "--init-token", "circle"],
+        ["text-to-image"],
+        ["controlnet", "--control-type", "canny"],
+    ],
+)
+def test_every_trainer_trains_in_buckets(trainer: list[str], tiny_sd_dir: Path, mixed: Path, tmp_path: Path) -> None:
+    import json as json_
+
+    data = mixed
+    if trainer[0] == "textual-inversion":  # images without captions: captioned from the templates
+        data = tmp_path / "bare"
+        data.mkdir()
+        for image in mixed.glob("*.png"):
+            Image.open(image).save(data / image.name)
+    if trainer[0] == "controlnet":  # an imagefolder with a control map of each image's size
+        data = tmp_path / "control"
+        data.mkdir()
+        rows = []
+        for image in sorted(mixed.glob("*.png")):
+            Image.open(image).save(data / image.name)
+            Image.open(image).convert("L").convert("RGB").save(data / f"map-{image.name}")
+            rows.append({"file_name": image.name, "conditioning_image": f"map-{image.name}", "text": "a picture"})
+        (data / "metadata.jsonl").write_text("".join(json_.dumps(r) + "\n" for r in rows))
+    flag = "--instance-data" if trainer[0] == "dreambooth" else "--data"
+    result = invoke("train", trainer[0], "-m", tiny_sd_dir, flag, data, "-o", tmp_path / "run", *trainer[1:], "--max-steps",
+                    "2", "--train-batch-size", "2", "--threads", "1", "--resolution", "32", "--checkpointing-steps", "1000")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert re.search(r"aspect-ratio buckets \(sides in steps of 4 px\): 2 buckets: 24x40 \(\d+\), 40x24 \(\d+\)", result.stderr)
