@@ -202,8 +202,8 @@ def _inference_scheduler(pipe, noise_scheduler):
 def _vae_loss(recipe: TrainTextToImageRecipe, device):
     import torch.nn.functional as F
 
-    from sdkit.training.diffusion import sample_generators
     from sdkit.training.pictures import to_pixels
+    from sdkit.training.randomness import sample_generators
 
     def loss_fn(batch, models, generator):
         generators = sample_generators(generator, [0] * len(batch["index"]))

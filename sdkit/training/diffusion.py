@@ -3,7 +3,6 @@ for SD 1.x/2.x and SDXL pipelines."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ def denoising_loss(recipe, frozen, noise_scheduler, device, *, text, prior_loss_
     from diffusers.training_utils import compute_snr
 
     from sdkit.training.pictures import sample_latents, to_pixels
+    from sdkit.training.randomness import sample_generators
 
     vae = frozen.vae
     scaling, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
@@ -119,16 +119,6 @@ def denoising_loss(recipe, frozen, noise_scheduler, device, *, text, prior_loss_
         return per_sample[~prior].mean() + prior_loss_weight * per_sample[prior].mean()
 
     return loss_fn
-
-
-def sample_generators(generator, roles: Sequence[int]):
-    """One generator per sample: the loop's `StepGenerator.for_samples`, or (any other generator) seeds drawn from it."""
-    import torch
-
-    if hasattr(generator, "for_samples"):
-        return generator.for_samples(roles)
-    seeds = torch.randint(0, 2**62, (len(roles),), generator=generator).tolist()
-    return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
 def size_groups(batch) -> list[list[int]]:
