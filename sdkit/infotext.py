@@ -118,9 +118,10 @@ def lora_hash(path: Path) -> str:
 
 
 def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, controls: list[str] | None = None,
-               refs: Any = None) -> str:  # fmt: skip
+               refs: Any = None, extra: Mapping[str, Any] | None = None) -> str:  # fmt: skip
     """The `parameters` text of one image made by `recipe` (seed and size resolved) with `model` (a ModelRef);
-    `refs` (sdkit.adapter_refs.Refs): the LoRAs (with the prompt's tags), embeddings and VAE the run resolved."""
+    `refs` (sdkit.adapter_refs.Refs): the LoRAs (with the prompt's tags), embeddings and VAE the run resolved;
+    `extra`: more fields (the refiner's), written where A1111 writes its extra generation parameters."""
     from sdkit import schedulers
     from sdkit.models import content_hash
     from sdkit.version import __version__
@@ -145,6 +146,7 @@ def parameters(recipe: Any, model: Any, size: tuple[int, int], schedule: str, co
         "Clip skip": recipe.clip_skip if recipe.clip_skip > 1 else None,
         "RNG": "CPU",
         **{f"ControlNet {i}": unit for i, unit in enumerate(controls or [])},
+        **(extra or {}),
         "Lora hashes": _hashes([(Path(lo.path).stem, lora_hash(Path(lo.path))) for lo in loras]),
         "TI hashes": _hashes([(t, content_hash(Path(p))[:12]) for t, p in tokens if t.lower() in used.lower()]),
         "Emphasis": "None" if recipe.prompt_syntax == "plain" and any(c in used for c in "([") else None,

@@ -199,9 +199,10 @@ class Encoder:
 
 
 def encoders(pipe, clip_skip: int) -> list[Encoder]:
-    """The text encoders of an SD 1.x / 2.x / SDXL pipeline with A1111's layer choice."""
+    """The text encoders of an SD 1.x / 2.x / SDXL pipeline with A1111's layer choice (SDXL's refiner: the second only)."""
     if getattr(pipe, "text_encoder_2", None) is not None:
-        return [Encoder(pipe.tokenizer, pipe.text_encoder, 2, False), Encoder(pipe.tokenizer_2, pipe.text_encoder_2, 2, False, True)]
+        second = Encoder(pipe.tokenizer_2, pipe.text_encoder_2, 2, False, True)
+        return [second] if pipe.text_encoder is None else [Encoder(pipe.tokenizer, pipe.text_encoder, 2, False), second]
     layers = pipe.text_encoder.config.num_hidden_layers
     if clip_skip > layers:
         raise UserError(f"--clip-skip {clip_skip} is more than this text encoder's {layers} layers: use 1 to {layers}")

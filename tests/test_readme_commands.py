@@ -44,6 +44,11 @@ EXCLUDED = {
     "sdkit train text-to-image -m shapes --train-text-encoder --add-words heart --add-words cross --data wide/ -o out/wide":
         "1,000 optimiser steps (the default max_steps) with the text encoder, minutes on a CPU; "
         "tests/test_train_text_to_image.py trains with --add-words in a few steps",
+    "accelerate launch --multi_gpu --num_processes 8 -m sdkit train lora --recipe lora.yaml":
+        "needs 8 GPUs; tests/test_train_lora.py and tests/test_multimachine.py launch 2 CPU processes",
+    "accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank R --main_process_ip 10.0.0.1 "
+    "--main_process_port 29500 -m sdkit train lora --recipe lora.yaml":
+        "needs two machines with 8 GPUs each; tests/test_multimachine.py runs two launches against 127.0.0.1",
 }  # fmt: skip
 
 MUST_RUN = (

@@ -115,6 +115,14 @@ class GenerateRecipe(Speed, Placement):
     annotators_dir: Path | None = Field(
         None, description="Local folder of preprocessor weights (lllyasviel/Annotators layout); default: the hub."
     )
+    refiner: str | None = Field(
+        None,
+        description="SDXL refiner (folder, file, hub id) that finishes the last part of the denoising from the base "
+        "model's latents (diffusers' denoising_end / denoising_start); txt2img only.",
+    )
+    refiner_switch: float = Field(
+        0.8, gt=0, lt=1, description="With --refiner: the share of the schedule the base model denoises before the hand-off."
+    )
     fuse_lora: bool = Field(False, description="Fuse the LoRAs into the weights (faster sampling; same image up to float error).")
     allow_pickle: bool = Field(
         False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, schedulers
+from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, refiner, schedulers
 from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
@@ -59,6 +59,7 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
+    refiner.check(recipe)
     model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle, config=recipe.config, models_dirs=recipe.models_dir)
     return model, Inputs(init, mask, refs)
 
@@ -101,6 +102,7 @@ def run(
             call.update(conditioning.call_kwargs(controls, recipe.mode))
         units = [infotext.controlnet_unit(ref, c.location) for ref, c in zip(recipe.control, controls, strict=True)]
         fixed = {"num_images": 1, "model": model.location, "width": width, "height": height, **resolved_files(recipe, refs)}
+        pipe = refiner.handoff(pipe, recipe, cache, placement, refs)  # an SDXL refiner takes over at refiner_switch
 
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
@@ -221,4 +223,5 @@ def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], sch
     }
     if refs is not None and refs.vae is not None:
         record["vae"] = {"ref": refs.vae.ref, "kind": refs.vae.kind, "location": refs.vae.location, "sha256": refs.vae.sha256}
-    return {"parameters": infotext.parameters(recipe, model, size, schedule, units, refs), "sdkit": json.dumps(record)}
+    extra = refiner.infotext_fields(recipe)
+    return {"parameters": infotext.parameters(recipe, model, size, schedule, units, refs, extra), "sdkit": json.dumps(record)}
