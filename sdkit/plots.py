@@ -94,6 +94,7 @@ def schedule_plot(path: Path, schedules: Sequence[Schedule], model: str) -> Path
     """Two panels against the step index: sigma (log scale; a final 0 and an infinite first sigma, as DDIM reports at a
     zero-terminal-SNR schedule's first step, are left off) and the model timestep."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(11, 4.2))
     sigma_axes, time_axes = figure.subplots(1, 2)
@@ -106,6 +107,7 @@ def schedule_plot(path: Path, schedules: Sequence[Schedule], model: str) -> Path
     sigma_axes.set(yscale="log", xlabel="step", ylabel="sigma (noise level)", title=f"sigmas, {steps} steps ({model})")
     time_axes.set(xlabel="step", ylabel="timestep", title=f"timesteps, {steps} steps ({model})")
     for axes in (sigma_axes, time_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(True, alpha=0.3)
         axes.legend(fontsize="small")
     return save(figure, path)

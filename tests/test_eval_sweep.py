@@ -56,7 +56,7 @@ def test_sweep_three_samplers_by_three_step_counts(tmp_path: Path) -> None:
     width, height = readable_png(out / "sweep.grid.png")
     assert width >= 3 * 128 and height >= 3 * 128  # three columns and three rows of enlarged 64 px cells
     readable_png(out / "sweep.plot.png")
-    assert [Path(f) for f in report.files] == [out / "sweep.json", out / "sweep.plot.png", out / "sweep.grid.png"]
+    assert [Path(f) for f in report.written] == [out / "sweep.json", out / "sweep.plot.png", out / "sweep.grid.png"]
 
 
 def test_sweep_cfg_axis_scored_by_clip_agrees_with_clip_score(tmp_path: Path, tiny_clip_dir: Path) -> None:

@@ -16,8 +16,11 @@ from sdkit.outputs import confine
 
 @dataclass(frozen=True)
 class Report:
+    """What a metric task returns. (Not named `files`: a recipe file's ${jobs.NAME.output} stays the task's output
+    field, the folder or file evaluated, on every process.)"""
+
     data: dict[str, Any]
-    files: list[Path] = field(default_factory=list)  # what was written: the JSON first, then any figures
+    written: list[Path] = field(default_factory=list)  # the JSON first, then any figures
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

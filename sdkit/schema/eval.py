@@ -107,7 +107,7 @@ class FidRecipe(MetricRecipe):
     cache: bool = Field(True, description="Reuse the reference folder's cached features (--no-cache recomputes them).")
 
 
-SWEEP_AXES = ("steps", "cfg", "lora-weight")
+SWEEP_DEFAULTS = {"steps": (2, 5, 10, 20), "cfg": (1, 3, 5, 7.5), "lora-weight": (0, 0.5, 1)}
 
 
 class EvalSweepRecipe(GenerateRecipe):
@@ -115,7 +115,10 @@ class EvalSweepRecipe(GenerateRecipe):
 
     samplers: list[str] = Field([], description="Samplers to compare; repeat the flag (default: --scheduler alone).")
     axis: Literal["steps", "cfg", "lora-weight"] = Field("steps", description="What the columns vary: steps, cfg or lora-weight.")
-    values: list[float] = Field([2, 5, 10, 20], min_length=1, description="The axis' values; repeat the flag (--values 2 --values 20).")
+    values: list[float] | None = Field(
+        None, min_length=1, description="The axis' values; repeat the flag (--values 2 --values 20). Default: steps 2 5 10 "
+        "20, cfg 1 3 5 7.5, lora-weight 0 0.5 1."
+    )
     metric: Literal["shapes", "clip"] = Field(
         "shapes", description="shapes: the shapes world's scorer (share of images whose colour, shape and background all "
         "match); clip: CLIP score against the prompt."
@@ -126,11 +129,15 @@ class EvalSweepRecipe(GenerateRecipe):
     clip_model: str = _clip_model()
     as_json: bool = _as_json()
 
+    @property
+    def axis_values(self) -> list[float]:
+        return list(self.values) if self.values is not None else list(SWEEP_DEFAULTS[self.axis])
+
     @model_validator(mode="after")
     def _axis_values(self) -> EvalSweepRecipe:
-        if self.axis == "steps" and any(v != int(v) or not 1 <= v <= 1000 for v in self.values):
+        if self.axis == "steps" and any(v != int(v) or not 1 <= v <= 1000 for v in self.axis_values):
             raise ValueError("steps values must be whole numbers in 1..1000")
-        if self.axis == "cfg" and any(not 0 <= v <= 100 for v in self.values):
+        if self.axis == "cfg" and any(not 0 <= v <= 100 for v in self.axis_values):
             raise ValueError("cfg values must be in 0..100")
         if self.axis == "lora-weight" and len(self.lora) != 1:
             raise ValueError("axis lora-weight sweeps one LoRA's weight: give exactly one --lora")

@@ -63,10 +63,10 @@ def run(recipe: EvalSweepRecipe, cache: PipelineCache | None = None) -> Report:
 
     # 2. every cell: the same prompts and seeds, one generate run per prompt, one shared pipeline cache
     cache = cache if cache is not None else PipelineCache()
-    plan = [(i, sampler, value) for i, sampler in enumerate(samplers) for value in recipe.values]
+    plan = [(i, sampler, value) for i, sampler in enumerate(samplers) for value in recipe.axis_values]
     cell_steps = [generate.effective_steps(cell_recipe(base, recipe, s, v, "", 0, Path())) for _, s, v in plan]
     cells = []
-    with bar(f"sweep {len(samplers)}x{len(recipe.values)}", sum(cell_steps) * len(prompts) * recipe.num_images) as advance:
+    with bar(f"sweep {len(samplers)}x{len(recipe.axis_values)}", sum(cell_steps) * len(prompts) * recipe.num_images) as advance:
         for i, sampler, value in plan:
             folder = Path(recipe.out) / f"{i + 1:02d}-{slug(sampler)}-{recipe.axis}-{value:g}"
             results = []
@@ -150,7 +150,7 @@ def report(recipe: EvalSweepRecipe, samplers: list[str], seed: int, n_prompts: i
     out = Path(recipe.out)
     label = METRIC_LABELS[recipe.metric]
     series = {s: [c.score for c in cells if c.sampler == s] for s in samplers}
-    values = list(recipe.values)
+    values = list(recipe.axis_values)
     wide = recipe.axis == "steps" and max(values) >= 8 * min(values)
     plot = line_plot(out / "sweep.plot.png", {s: (values, ys) for s, ys in series.items()}, recipe.axis.replace("-", " "),
                      label, f"{label} vs {recipe.axis} ({n_prompts * recipe.num_images} images per point)", log_x=wide)  # fmt: skip
@@ -183,5 +183,5 @@ def write_grid(path: Path, recipe: EvalSweepRecipe, cells: list[Cell]) -> Path:
         return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
     items = [(f"{c.sampler}, {recipe.axis} {c.value:g}", enlarged(c.images[0].image)) for c in cells]
-    grid = labelled_grid(items, columns=len(recipe.values), title=f"prompt: {cells[0].images[0].recipe.prompt}")
+    grid = labelled_grid(items, columns=len(recipe.axis_values), title=f"prompt: {cells[0].images[0].recipe.prompt}")
     return atomic.write_file(path, lambda tmp: grid.save(tmp, format="PNG"))
