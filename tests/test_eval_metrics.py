@@ -259,6 +259,17 @@ def test_fid_command_with_given_weights_caches_the_reference(tmp_path: Path, ran
     assert report_of(invoke(*args[:6], pickled, "--allow-pickle", "--kid-subsets", "5", "--json"))["fid"] == pytest.approx(report["fid"])
 
 
+def test_fid_errors(tmp_path: Path) -> None:
+    generated = write_images(tmp_path / "gen", renders(2, 2))
+    (tmp_path / "text.safetensors").write_text("not weights")
+    before = snapshot(tmp_path)
+    args = ["eval", "fid", generated, "--reference", generated, "--inception-weights"]
+    assert_user_error(invoke(*args, tmp_path / "none.safetensors"), "none.safetensors: no such file")
+    assert_user_error(invoke(*args, tmp_path / "text.safetensors"), "--inception-weights", "text.safetensors")
+    assert_user_error(invoke("eval", "fid", generated, "--reference", tmp_path / "empty"), "--reference", "not a folder")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.slow  # real processes
 @pytest.mark.parametrize("network", ["offline", "unreachable"])
 def test_fid_without_weights_offline_names_the_flag(tmp_path: Path, network: str) -> None:

@@ -72,6 +72,8 @@ def read_state(path: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
 
     from sdkit.weightfiles import SAFETENSORS, check_weights, refusing_code
 
+    if not Path(path).is_file():
+        raise UserError(f"--inception-weights {path}: no such file")
     kind = check_weights(path, "--inception-weights", allow_pickle)
     if kind == SAFETENSORS:
         from safetensors.torch import load_file
