@@ -23,7 +23,7 @@ from sdkit.errors import SdkitError
 GROUPS: dict[str, str] = {
     "data": "Make datasets: `sdkit data shapes` writes the synthetic shapes world.",
     "train": "Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).",
-    "eval": "Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.",
+    "eval": "Score models and images: shapes (the shapes world), clip-score, clip-directional, fid (and KID), sweep.",
 }
 # Commands that are not tasks: their one-line help (defined in sdkit.cli.commands).
 TOOLS: dict[str, str] = {

@@ -120,7 +120,16 @@ def files_used(recipe: GenerateRecipe, model: Any) -> list[str]:
 
 
 @app.command("schedulers", help=COMMANDS["schedulers"][2])
-def schedulers_command() -> None:
+@guarded
+def schedulers_command(
+    plot: Annotated[Optional[list[str]], typer.Option("--plot", help="Plot the sigma/timestep schedule of this sampler (repeatable) instead of listing.")] = None,  # noqa: UP045
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="With --plot: the number of steps.")] = 20,
+    model: Annotated[str, typer.Option("--model", "-m", help="With --plot: the model whose scheduler config the samplers are built on.")] = "shapes",
+    out: Annotated[Path, typer.Option("--out", "-o", help="With --plot: the PNG to write.")] = Path("schedule.png"),
+) -> None:
+    if plot:
+        print(plot_schedules(plot, steps, model, out))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -138,6 +147,21 @@ def schedulers_command() -> None:
     console.print("Refused (diffusers cannot run them):")
     for name, reason in REFUSED.items():
         console.print(f"  {name}: {reason}")
+
+
+def plot_schedules(names: list[str], steps: int, model: str, out: Path) -> Path:
+    """`sdkit schedulers --plot`: the schedules the named samplers run at `steps` steps, built as sdkit builds them."""
+    from sdkit.outputs import confine
+    from sdkit.plots import schedule_of, schedule_plot, scheduler_config
+    from sdkit.schedulers import resolve
+
+    for name in names:
+        resolve(name)
+    confine(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
+    ref, config = scheduler_config(model)
+    return schedule_plot(out, [schedule_of(name, config, steps) for name in names], ref.name)
 
 
 @app.command("run", help=COMMANDS["run"][2])

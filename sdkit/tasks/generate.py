@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,9 +66,13 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
 
 
 def run(
-    recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None
+    recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[Result]:
-    """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run)."""
+    """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run).
+
+    `advance`: run inside another task's loop (eval sweep), which shows the progress (`advance(steps)`) and reports
+    the paths: no bar of its own, nothing printed."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
@@ -107,14 +112,15 @@ def run(
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
         steps = effective_steps(recipe)
-        with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) as advance:
+        with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) if advance is None else nullcontext(advance) as step:
             for k, index in todo:
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
-                image = denoise(pipe, call, seed_k, placement, advance)
+                image = denoise(pipe, call, seed_k, placement, step)
                 text = metadata(image_recipe, model, (width, height), schedule, units, refs)
                 path = write_png(Path(recipe.out), str(seed_k), image, text, index)
-                print(path, flush=True)
+                if advance is None:
+                    print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
                 if k == 0:
                     for i, control in enumerate(controls):
