@@ -43,7 +43,7 @@ CASES = {
     "strength0": (["--strength", "0"], "--strength"),
     "strength>1": (["--strength", "1.5"], "--strength"),
     "num-images": (["--num-images", "0"], "--num-images"),
-    "scheduler": (["--scheduler", "Euler b"], "unknown scheduler 'Euler b'"),
+    "scheduler": (["--scheduler", "Euler b"], "unknown sampler 'Euler b'"),
     "dtype": (["--dtype", "fp8"], "--dtype"),
     "fp16-cpu": (["--device", "cpu", "--dtype", "fp16"], "fp16 on cpu"),
     "offload-cpu": (["--device", "cpu", "--offload", "model"], "--offload model"),
