@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, refiner, schedulers
 from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
-from sdkit.images import check_same_size, load_image
+from sdkit.images import MAX_SIDE, check_same_size, load_image
 from sdkit.models import ModelRef, resolve_component, resolve_model
 from sdkit.outputs import check_output_dir, write_beside, write_png
 from sdkit.pipelines import PipelineCache
@@ -56,6 +56,9 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
         check_same_size(init, mask)
+    if init is not None and max(recipe.width or init.width, recipe.height or init.height) > MAX_SIDE:
+        raise UserError(f"--init-image is {init.width}x{init.height} and sdkit makes images up to {MAX_SIDE} px a side: "
+                        "give --width and --height, or a smaller image")  # fmt: skip
     refs = adapter_refs.resolve(recipe)
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:

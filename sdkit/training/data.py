@@ -39,7 +39,7 @@ def read_imagefolder(
     if not metadata.is_file():
         images = [p for p in data_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
-            raise UserError(f"{data_dir} has no images and no metadata.jsonl: point --data-dir at an imagefolder dataset")
+            raise UserError(f"{data_dir} has no images and no metadata.jsonl: point --data (data_dir in a recipe) at an imagefolder dataset")
         raise UserError(
             f"{data_dir} has {len(images)} images but no metadata.jsonl: add one JSON line per image, e.g. "
             '{"file_name": "' + images[0].name + '", "text": "a caption"}'

@@ -16,6 +16,7 @@ def work(tmp_path: Path, tiny_sd_dir: Path) -> Path:
     Image.new("RGB", (32, 32), "red").save(tmp_path / "init.png")
     Image.new("L", (32, 32), 255).save(tmp_path / "mask.png")
     Image.new("L", (40, 32), 255).save(tmp_path / "mask40.png")
+    Image.new("RGB", (8200, 8), "red").save(tmp_path / "wide.png")  # within the pixel limit, wider than any output
     (tmp_path / "notimage.png").write_text("hello")
     (tmp_path / "afile").write_text("x")
     return tmp_path
@@ -53,6 +54,7 @@ CASES = {
     "init-missing": (["--init-image", "{w}/nope.png"], "no such file"),
     "init-not-image": (["--init-image", "{w}/notimage.png"], "not a readable image"),
     "mask-missing": (["--init-image", "{w}/init.png", "--mask", "{w}/nope.png"], "no such file"),
+    "init-too-wide": (["--init-image", "{w}/wide.png"], "up to 8192 px a side"),
     "mask-size": (["--init-image", "{w}/init.png", "--mask", "{w}/mask40.png"], "same size"),
     "out-is-file": (["-o", "{w}/afile"], "is a file"),
     "out-under-file": (["-o", "{w}/afile/sub"], "which is a file"),
