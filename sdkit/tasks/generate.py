@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,9 +63,12 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
 
 
 def run(
-    recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None
+    recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None,
+    on_step: Callable[[Any, int, Any], None] | None = None,
 ) -> list[Result]:
-    """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run)."""
+    """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run).
+
+    `on_step(pipe, step, latents)` runs after each denoising step (the server's progress, preview and interrupt)."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
@@ -102,7 +105,7 @@ def run(
             for k, index in todo:
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
-                image = denoise(pipe, call, seed_k, placement, advance)
+                image = denoise(pipe, call, seed_k, placement, advance, on_step)
                 path = write_png(Path(recipe.out), str(seed_k), image, metadata(image_recipe, model, width, height), index)
                 print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
@@ -169,20 +172,22 @@ def call_kwargs(recipe: GenerateRecipe, width: int, height: int, inputs: Inputs)
     return kwargs
 
 
-def denoise(pipe, call: dict[str, Any], seed: int, placement, advance) -> Image.Image:
+def denoise(pipe, call: dict[str, Any], seed: int, placement, advance, on_step=None) -> Image.Image:
     """One image: CPU generator (same noise on every device), NaN checks on latents and pixels."""
     import numpy as np
     import torch
 
-    def on_step(_pipe, _step, _timestep, tensors):
+    def step_end(_pipe, _step, _timestep, tensors):
         if not torch.isfinite(tensors["latents"]).all():
             raise SdkitError(nan_message(placement, "latents"))
         advance(1)
+        if on_step is not None:
+            on_step(_pipe, _step, tensors["latents"])
         return tensors
 
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
-        out = pipe(**call, generator=generator, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+        out = pipe(**call, generator=generator, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
     pixels = out.images[0]
     if not np.isfinite(pixels).all():
         raise SdkitError(nan_message(placement, "decoded image"))
