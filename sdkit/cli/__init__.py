@@ -32,6 +32,7 @@ TOOLS: dict[str, str] = {
     "schedulers": "List the samplers: A1111 name, diffusers class and arguments.",
     "run": "Run YAML recipe files: every job is validated before the first one runs; one model load per run.",
     "schema": "Print the JSON Schema of a task's recipe (for editor completion of recipe files).",
+    "serve": "Serve A1111's HTTP API, sdkit's job API and a web page (generate, progress, gallery, queue).",
 }
 
 
