@@ -258,7 +258,7 @@ def generate_fields(req: Processing, kind: str, ctx: Context) -> tuple[dict[str,
     prompt, negative, loras, embeddings = prompt_adapters(req, ctx)
     seed = req.seed if req.seed is not None and req.seed >= 0 else secrets.randbelow(A1111_SEEDS)
     fields: dict[str, Any] = {
-        "prompt": prompt, "negative": negative, "model": str(model.path), "scheduler": sampler(req.sampler_name or req.sampler_index, req.scheduler),
+        "prompt": prompt, "negative": negative, "model": model.ref, "scheduler": sampler(req.sampler_name or req.sampler_index, req.scheduler),
         "steps": req.steps, "cfg": req.cfg_scale, "width": req.width, "height": req.height, "seed": seed,
         "num_images": images, "lora": loras, "embedding": embeddings, "dtype": ctx.config.dtype,
         "out": str(ctx.config.output_dir / f"{kind}-images" if req.save_images else ctx.config.state / "unsaved"),

@@ -147,8 +147,8 @@ def one_unit(unit: dict[str, Any], loc: tuple, ctx, output_size: tuple[int, int]
         raise UnitError((*loc, "image"), "controlnet is enabled but no input image is given")
     check_resize(unit.get("resize_mode", "Crop and Resize"), picture.size, output_size, (*loc, "resize_mode"))
     control = {"type": kind, "image": str(path), "scale": float(weight), "start": float(start), "end": float(end),
-               "preprocessed": module == "none", "model": str(entry.path)}  # fmt: skip
-    return Unit(control, str(entry.path), bool(unit.get("save_detected_map", True)), picture.size)
+               "preprocessed": module == "none", "model": entry.ref}  # fmt: skip
+    return Unit(control, entry.ref, bool(unit.get("save_detected_map", True)), picture.size)
 
 
 def decode(image: Any, loc: tuple) -> bytes:

@@ -61,7 +61,8 @@ class BasicAuth:
 
 
 class BodyLimit:
-    """413 past `limit` bytes: from Content-Length before anything is read, or while a chunked body streams in."""
+    """413 past `limit` bytes: from Content-Length before anything is read, or as soon as a streamed (chunked) body
+    passes it; the app then sees the client gone, and whatever it answers is dropped."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -72,34 +73,33 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await send_json(send, 413, self.detail())
-        seen, started = 0, False
+        seen, refused = 0, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise TooLarge
+                    refused = True
+                    await send_json(send, 413, self.detail())
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracked(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def answer(message):
+            if not refused:
+                await send(message)
 
         try:
-            await self.app(scope, counted, tracked)
-        except TooLarge:
-            if not started:
-                await send_json(send, 413, self.detail())
+            await self.app(scope, counted, answer)
+        except Exception:
+            if not refused:
+                raise
 
     def detail(self) -> dict:
         return {"detail": f"request body larger than {self.limit // 2**20} MiB (--max-body-mb)"}
-
-
-class TooLarge(Exception):
-    pass
 
 
 def error_body(err: Exception, detail: str) -> dict:

@@ -44,6 +44,12 @@ class Entry:
     name: str  # what clients send
     path: Path
     filename: str  # the file or folder name, with its suffix (A1111's titles use it)
+    builtin: bool = False  # shipped with sdkit: sdkit knows its name as an alias
+
+    @property
+    def ref(self) -> str:
+        """What a recipe names it by: a shipped model's alias (as `sdkit generate -m shapes` records it), else its path."""
+        return self.name if self.builtin else str(self.path)
 
     @property
     def sha256(self) -> str | None:
@@ -68,7 +74,7 @@ def _builtin(kind: str) -> list[Entry]:
     from sdkit.models import ASSETS
 
     shipped = {"checkpoints": ["shapes"], "controlnet": ["shapes-canny"]}.get(kind, [])
-    return [Entry(kind, name, ASSETS / name, name) for name in shipped if (ASSETS / name).is_dir()]
+    return [Entry(kind, name, ASSETS / name, name, builtin=True) for name in shipped if (ASSETS / name).is_dir()]
 
 
 def _is_entry(kind: str, path: Path) -> bool:

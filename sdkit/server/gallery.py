@@ -78,9 +78,11 @@ def as_form(recipe: dict[str, Any] | None, models_dir: Path | None) -> dict[str,
         return None
     from sdkit.server import catalog
 
-    def name_of(kind: str, path: Any) -> str | None:
-        target = Path(str(path)).resolve() if path else None
-        return next((e.name for e in catalog.entries(kind, models_dir) if e.path.resolve() == target), None)
+    def name_of(kind: str, ref: Any) -> str | None:
+        if not ref:
+            return None
+        target = Path(str(ref)).resolve()
+        return next((e.name for e in catalog.entries(kind, models_dir) if ref == e.ref or e.path.resolve() == target), None)
 
     keys = ("prompt", "negative", "scheduler", "steps", "cfg", "width", "height", "seed", "strength")
     form = {key: recipe.get(key) for key in keys}

@@ -34,7 +34,7 @@ PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def find(kind: str, name: Any, loc: tuple, config: ServerConfig) -> str:
     if not isinstance(name, str):
         raise FieldError(loc, f"give a {catalog.LABELS[kind]} name from the library")
-    return str(at(loc, catalog.find, kind, name, config.models_dir).path)
+    return at(loc, catalog.find, kind, name, config.models_dir).ref
 
 
 def output_path(task, given: Any, config: ServerConfig) -> str:

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
+from sdkit.errors import UserError
 from sdkit.server.config import ServerConfig, check
+
+
+def hold_lock(path: Path):
+    """One server per state folder: a second one would take the same queued jobs and mark the first one's running
+    job interrupted. The lock is the kernel's (flock): it goes away with the process, however it ends."""
+    import fcntl
+
+    handle = open(path, "a+")  # noqa: SIM115 - kept open for the life of the process
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another sdkit serve uses {path.parent}: stop it, or give this one another --state-dir / --output-dir") from None
+    return handle
 
 
 def serve(config: ServerConfig, *, log_level: str = "warning") -> None:
@@ -16,6 +32,7 @@ def serve(config: ServerConfig, *, log_level: str = "warning") -> None:
 
     check(config)
     config.state.mkdir(parents=True, exist_ok=True)
+    lock = hold_lock(config.state / "server.lock")  # noqa: F841 - held until the process ends
     shutil.rmtree(config.state / "unsaved", ignore_errors=True)  # images of A1111 requests no client will read now
     hub = Hub(config)
     for what, ids in hub.recovered.items():

@@ -51,17 +51,13 @@ class BoundedCache(PipelineCache):
         key = self.key(model, placement, allow_pickle=allow_pickle, speed=speed)
         if key in self.entries:
             self.entries[key] = self.entries.pop(key)  # most recently used last
-        else:
-            need = weight_bytes(Path(model.location))
-            while self.entries and (len(self.entries) >= self.max_models or self._over(need)):
-                self._drop(next(iter(self.entries)))
-            self.sizes[key] = need
-        try:
-            return super().get(model, placement, allow_pickle=allow_pickle, speed=speed)
-        except BaseException:
-            if key not in self.entries:
-                self.sizes.pop(key, None)
-            raise
+            return self.entries[key]
+        need = weight_bytes(Path(model.location))
+        while self.entries and (len(self.entries) >= self.max_models or self._over(need)):
+            self._drop(next(iter(self.entries)))
+        loaded = super().get(model, placement, allow_pickle=allow_pickle, speed=speed)
+        self.sizes[key] = loaded_bytes(loaded.pipe) or need
+        return loaded
 
     def _over(self, need: int) -> bool:
         return self.memory_mb is not None and sum(self.sizes.values()) + need > self.memory_mb * 2**20
@@ -81,13 +77,21 @@ class BoundedCache(PipelineCache):
 
 
 def weight_bytes(location: Path) -> int:
-    """Bytes of the weight files a model loads (a folder's .safetensors, or the file itself): its size in memory at
-    fp32 storage, the bound's estimate. 0 for a hub id."""
+    """Bytes of the weight files a model loads (a folder's .safetensors, or the file itself): the bound's estimate
+    before a load (after it, `loaded_bytes` replaces it). 0 for a hub id."""
     if location.is_file():
         return location.stat().st_size
     if location.is_dir():
         return sum(p.stat().st_size for p in location.rglob("*.safetensors"))
     return 0
+
+
+def loaded_bytes(pipe) -> int:
+    """Bytes of a loaded pipeline's parameters and buffers (every torch module among its components)."""
+    import torch
+
+    modules = [m for m in getattr(pipe, "components", {}).values() if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
 def preview(pipe, latents):

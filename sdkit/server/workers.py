@@ -183,12 +183,16 @@ class Hub:
         for worker in self.workers:
             worker.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking jobs; a running generation stops at its next step (interrupted), a child gets SIGTERM."""
         self.stopping.set()
         for worker in self.workers:
             worker.live.request_stop("interrupt")
         with self.wake:
             self.wake.notify_all()
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(timeout)
 
     def submit(self, kind: str, task: str, payload: dict[str, Any]) -> int:
         job_id = self.store.submit(kind, task, payload, self.config.queue_limit)

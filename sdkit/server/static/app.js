@@ -45,7 +45,7 @@ function addLora(name, weight) {
   (state.loras || []).forEach((l) => option(select, l.name));
   if (name) select.value = name;
   const input = document.createElement("input");
-  Object.assign(input, { className: "lora-weight", type: "number", step: "0.05", min: "-10", max: "10", value: weight ?? 1 });
+  Object.assign(input, { className: "lora-weight", type: "number", step: "any", min: "-10", max: "10", value: weight ?? 1 });
   const remove = document.createElement("button");
   Object.assign(remove, { type: "button", textContent: "\u00d7", title: "remove" });
   remove.addEventListener("click", () => row.remove());
