@@ -228,6 +228,9 @@ def test_options_switch_the_model(client) -> None:
         assert info["sd_model_name"] == "tiny-sd" and info["sd_model_hash"] == tiny["hash"]
         by_override = json.loads(txt2img(client, override_settings={"sd_model_checkpoint": "shapes"})["info"])
         assert by_override["sd_model_name"] == "shapes"
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == tiny["title"]  # restored afterwards
+        txt2img(client, override_settings={"sd_model_checkpoint": "shapes"}, override_settings_restore_afterwards=False)
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("shapes [")  # kept, as A1111 does
     finally:
         client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "shapes"})
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("shapes [")

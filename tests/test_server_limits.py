@@ -32,6 +32,9 @@ def test_auth_on_every_route(tmp_path: Path) -> None:
             assert bob.get("/").status_code == 200 and bob.get("/sdapi/v1/options").status_code == 200
             answer = bob.post("/sdapi/v1/txt2img", json={"prompt": SHAPES_PROMPT, **SMALL, "seed": 1})
             assert answer.status_code == 200 and len(answer.json()["images"]) == 1
+        second = subprocess.run([sys.executable, "-m", "sdkit", "serve", "--port", "1", "-o", str(server.out)],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert second.returncode == 2 and "another sdkit serve uses" in second.stderr  # one server per queue
 
 
 def test_only_loopback_without_auth(tmp_path: Path) -> None:

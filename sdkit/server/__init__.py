@@ -8,9 +8,10 @@ Three faces on one FastAPI app, served by uvicorn:
   - a web page at `/` (plain files in `static/`): a generate form, live progress, the gallery and the queue.
 
 Every job goes through one persistent SQLite queue (`store.py`) and is run in order by one worker thread per device
-(`workers.py`), which keeps pipelines warm between jobs within a memory bound. Modules, top to bottom:
+(`workers.py`), which keeps pipelines warm between jobs within a memory bound. Modules, from the bottom up:
 config (the settings and their checks), catalog (models, LoRAs, ... by name), store (the queue), uploads (client
-images), previews, workers, jobs (sdkit recipes from clients), a1111 + a1111_units + infotext (A1111's shapes),
-gallery, routes_a1111, routes_sdkit, app (middleware and assembly), main (uvicorn).
+images and gallery names), runs (running one job) and workers (the threads and what routes ask of them), jobs
+(sdkit recipes from clients), a1111, a1111_units, options and pnginfo (A1111's shapes), gallery, the routes
+(routes_a1111, routes_sdkit), app (middleware and assembly) and main (uvicorn).
 Nothing else in sdkit imports this package; torch and diffusers are imported only when a job runs.
 """

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdkit.errors import UserError
 from sdkit.server import catalog
-from sdkit.server.a1111_units import UnitError, units
+from sdkit.server.a1111_units import FieldError, units
 from sdkit.server.config import ServerConfig
 
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?(?::([^:>]+))?>")
@@ -129,14 +129,6 @@ FIXES = {
 }  # fmt: skip
 
 
-class FieldError(UserError):
-    """Bad input in one field of a request: answered 422 with the field's location, as FastAPI reports its own."""
-
-    def __init__(self, loc: tuple, message: str):
-        super().__init__(f"{'.'.join(map(str, loc))}: {message}")
-        self.loc, self.msg = loc, message
-
-
 @dataclass
 class Context:
     """What a request is read against: the settings, the current options, and where uploads go."""
@@ -159,7 +151,7 @@ def at(loc: tuple, fn, *args, **kwargs):
     """Run a check, reporting its UserError as a FieldError at `loc`."""
     try:
         return fn(*args, **kwargs)
-    except (FieldError, UnitError):
+    except FieldError:
         raise
     except UserError as err:
         raise FieldError(loc, str(err)) from None
@@ -274,6 +266,9 @@ def generate_fields(req: Processing, kind: str, ctx: Context) -> tuple[dict[str,
               "detected_maps": [u.save_detected_map for u in unit_list], "model": model.name, "model_hash": model.short_hash,
               "sampler": req.sampler_name or req.sampler_index or "Euler", "subseed": subseed, "kind": kind,
               "include_init_images": bool(getattr(req, "include_init_images", False))}  # fmt: skip
+    if req.override_settings_restore_afterwards is False and req.override_settings:
+        extras["keep_options"] = {**overrides, "sd_model_checkpoint": model.name} if "sd_model_checkpoint" in (
+            req.override_settings) else overrides  # A1111 keeps the overrides as the options afterwards
     return fields, extras
 
 
@@ -282,7 +277,7 @@ def check_overrides(overrides: dict[str, Any], ctx: Context) -> None:
     from sdkit.server.options import check_option
 
     for key, value in overrides.items():
-        at(("override_settings", key), check_option, key, value, ctx.options, ctx.models_dir)
+        at(("override_settings", key), check_option, key, value, ctx.models_dir)
 
 
 def img2img_inputs(req: Img2Img, ctx: Context, fields: dict[str, Any]) -> Path:

@@ -47,7 +47,9 @@ RESIZE_MODES = {"Just Resize": "resize", 0: "resize", "Crop and Resize": "crop",
 CANNY_DEFAULTS = {"threshold_a": 100, "threshold_b": 200}
 
 
-class UnitError(UserError):
+class FieldError(UserError):
+    """Bad input in one field of a request: answered 422 with the field's location, as FastAPI reports its own."""
+
     def __init__(self, loc: tuple, message: str):
         super().__init__(f"{'.'.join(map(str, loc))}: {message}")
         self.loc, self.msg = loc, message
@@ -78,12 +80,12 @@ def units(args: Any, ctx, output_size: tuple[int, int], init_image: Path | None)
     """The enabled units of `alwayson_scripts.controlnet.args`, each checked and its image stored."""
     base = ("alwayson_scripts", "controlnet", "args")
     if not isinstance(args, list):
-        raise UnitError(base, "give a list of ControlNet units")
+        raise FieldError(base, "give a list of ControlNet units")
     found = []
     for i, raw in enumerate(args):
         loc = (*base, i)
         if not isinstance(raw, dict):
-            raise UnitError(loc, "a ControlNet unit is an object of settings")
+            raise FieldError(loc, "a ControlNet unit is an object of settings")
         unit = {**raw}
         for old, new in (("guidance", "guidance_end"), ("lowvram", "low_vram"), ("input_image", "image")):
             if old in unit:
@@ -100,42 +102,42 @@ def one_unit(unit: dict[str, Any], loc: tuple, ctx, output_size: tuple[int, int]
 
     for key, allowed in NEUTRAL.items():
         if key in unit and unit[key] not in allowed:
-            raise UnitError((*loc, key), f"{unit[key]!r} is not supported by sdkit (it takes {allowed[0]!r})")
+            raise FieldError((*loc, key), f"{unit[key]!r} is not supported by sdkit (it takes {allowed[0]!r})")
     module = str(unit.get("module") or "none")
     if module not in MODULES or (module == "invert"):
-        raise UnitError((*loc, "module"), f"preprocessor {module!r} is not available: use one of {', '.join(MODULES)}")
+        raise FieldError((*loc, "module"), f"preprocessor {module!r} is not available: use one of {', '.join(MODULES)}")
     model_name = str(unit.get("model") or "None")
     if model_name in ("None", "none", ""):
-        raise UnitError((*loc, "model"), "name a ControlNet from /controlnet/model_list")
+        raise FieldError((*loc, "model"), "name a ControlNet from /controlnet/model_list")
     try:
         entry = catalog.find("controlnet", model_name, ctx.models_dir)
     except UserError as err:
-        raise UnitError((*loc, "model"), str(err)) from None
+        raise FieldError((*loc, "model"), str(err)) from None
     kind = control_type(module, entry.name)
     check_processor(unit, loc, module)
     weight = unit.get("weight", 1.0)
     start, end = unit.get("guidance_start", 0.0), unit.get("guidance_end", 1.0)
     for key, value, low, high in (("weight", weight, 0, 2), ("guidance_start", start, 0, 1), ("guidance_end", end, 0, 1)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-            raise UnitError((*loc, key), f"give a number in {low}..{high} (got {value!r})")
+            raise FieldError((*loc, key), f"give a number in {low}..{high} (got {value!r})")
     if start >= end:
-        raise UnitError((*loc, "guidance_start"), f"guidance_start {start} must be below guidance_end {end}")
+        raise FieldError((*loc, "guidance_start"), f"guidance_start {start} must be below guidance_end {end}")
     image = unit.get("image")
     if isinstance(image, dict):
         if image.get("mask"):
-            raise UnitError((*loc, "image", "mask"), "masked ControlNet inputs are not supported by sdkit")
+            raise FieldError((*loc, "image", "mask"), "masked ControlNet inputs are not supported by sdkit")
         image = image.get("image")
     elif isinstance(image, (list, tuple)):
         if len(image) != 2 or image[1]:
-            raise UnitError((*loc, "image"), "give one image (masked ControlNet inputs are not supported by sdkit)")
+            raise FieldError((*loc, "image"), "give one image (masked ControlNet inputs are not supported by sdkit)")
         image = image[0]
     if image:
         try:
             picture = open_image(decode(image, loc), ".".join(map(str, (*loc, "image"))))
-        except UnitError:
+        except FieldError:
             raise
         except UserError as err:
-            raise UnitError((*loc, "image"), str(err)) from None
+            raise FieldError((*loc, "image"), str(err)) from None
         path = ctx.store_image(picture, "RGB")
     elif init_image is not None:
         from PIL import Image
@@ -144,7 +146,7 @@ def one_unit(unit: dict[str, Any], loc: tuple, ctx, output_size: tuple[int, int]
         with Image.open(path) as img:
             picture = img.copy()
     else:
-        raise UnitError((*loc, "image"), "controlnet is enabled but no input image is given")
+        raise FieldError((*loc, "image"), "controlnet is enabled but no input image is given")
     check_resize(unit.get("resize_mode", "Crop and Resize"), picture.size, output_size, (*loc, "resize_mode"))
     control = {"type": kind, "image": str(path), "scale": float(weight), "start": float(start), "end": float(end),
                "preprocessed": module == "none", "model": entry.ref}  # fmt: skip
@@ -155,11 +157,11 @@ def decode(image: Any, loc: tuple) -> bytes:
     from sdkit.server.uploads import decode_base64
 
     if not isinstance(image, str):
-        raise UnitError((*loc, "image"), "give the image as base64")
+        raise FieldError((*loc, "image"), "give the image as base64")
     try:
         return decode_base64(image, ".".join(map(str, (*loc, "image"))))
     except UserError as err:
-        raise UnitError((*loc, "image"), str(err)) from None
+        raise FieldError((*loc, "image"), str(err)) from None
 
 
 def check_processor(unit: dict[str, Any], loc: tuple, module: str) -> None:
@@ -171,10 +173,10 @@ def check_processor(unit: dict[str, Any], loc: tuple, module: str) -> None:
         value = unit.get(key, -1)
         default = CANNY_DEFAULTS[key] if module == "canny" else None
         if value not in (-1, None) and value != default:
-            raise UnitError((*loc, key), f"sdkit's {module} preprocessor runs with its default "
+            raise FieldError((*loc, key), f"sdkit's {module} preprocessor runs with its default "
                                          f"({default if default is not None else 'no threshold'}): send -1")  # fmt: skip
     if module != "canny" and unit.get("processor_res", -1) not in (-1, None, 512):
-        raise UnitError((*loc, "processor_res"), f"sdkit's {module} preprocessor runs at 512 px: send -1 or 512")
+        raise FieldError((*loc, "processor_res"), f"sdkit's {module} preprocessor runs at 512 px: send -1 or 512")
 
 
 def check_resize(mode: Any, size: tuple[int, int], output: tuple[int, int], loc: tuple) -> None:
@@ -182,7 +184,7 @@ def check_resize(mode: Any, size: tuple[int, int], output: tuple[int, int], loc:
     the aspect ratios agree, so they are accepted then and refused otherwise."""
     kind = RESIZE_MODES.get(mode)
     if kind is None:
-        raise UnitError(loc, f"unknown resize mode {mode!r}: use Just Resize, Crop and Resize or Resize and Fill")
+        raise FieldError(loc, f"unknown resize mode {mode!r}: use Just Resize, Crop and Resize or Resize and Fill")
     if kind != "resize" and size[0] * output[1] != size[1] * output[0]:
-        raise UnitError(loc, f"{mode!r} with a {size[0]}x{size[1]} image for a {output[0]}x{output[1]} output: sdkit "
+        raise FieldError(loc, f"{mode!r} with a {size[0]}x{size[1]} image for a {output[0]}x{output[1]} output: sdkit "
                              "stretches the map (send \"Just Resize\") or send an image of the output's aspect ratio")  # fmt: skip

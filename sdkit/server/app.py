@@ -19,7 +19,6 @@ from fastapi.staticfiles import StaticFiles
 
 from sdkit.errors import UserError
 from sdkit.server.a1111 import FieldError
-from sdkit.server.a1111_units import UnitError
 from sdkit.server.config import ServerConfig
 from sdkit.server.store import QueueFull
 from sdkit.server.uploads import NotFound
@@ -111,7 +110,6 @@ def add_handlers(app: FastAPI) -> None:
     from sdkit.server.routes_a1111 import JobFailed
 
     @app.exception_handler(FieldError)
-    @app.exception_handler(UnitError)
     async def field_error(_request: Request, err: FieldError) -> JSONResponse:
         return JSONResponse({"detail": [{"loc": ["body", *err.loc], "msg": err.msg, "type": "value_error"}]}, 422)
 

@@ -45,7 +45,7 @@ def current(stored: dict[str, Any], models_dir: Path | None) -> dict[str, Any]:
     return values
 
 
-def check_option(key: str, value: Any, values: dict[str, Any], models_dir: Path | None) -> Any:
+def check_option(key: str, value: Any, models_dir: Path | None) -> Any:
     """The value to store for `key` (a checkpoint becomes its library name); UserError when sdkit cannot take it."""
     if key == "sd_model_checkpoint":
         return catalog.find("checkpoints", str(value), models_dir).name
@@ -57,9 +57,3 @@ def check_option(key: str, value: Any, values: dict[str, Any], models_dir: Path 
     if allowed is not None and value not in allowed:
         raise UserError(f"{value!r} is not supported by sdkit: use {allowed[0]!r}")
     return value
-
-
-def update(request: dict[str, Any], stored: dict[str, Any], models_dir: Path | None) -> dict[str, Any]:
-    """The options to store after a POST: all checked before any is changed."""
-    values = current(stored, models_dir)
-    return {key: check_option(key, value, values, models_dir) for key, value in request.items()}

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -31,17 +31,23 @@ def job_view(hub, job) -> dict[str, Any]:
     view["progress"] = worker.live.snapshot() if worker is not None else None
     view["position"] = hub.store.position(job.id) if job.status == "queued" else None
     result = view.get("result") or {}
-    out = Path(hub.config.output_dir).resolve()
-    view["outputs"] = [Path(p).resolve().relative_to(out).as_posix() for p in result.get("images", [])
-                       if out in Path(p).resolve().parents]  # fmt: skip
+    out, state = Path(hub.config.output_dir).resolve(), hub.config.state.resolve()
+    files = [Path(p).resolve() for p in result.get("images", [])]
+    view["outputs"] = [p.relative_to(out).as_posix() for p in files if out in p.parents and state not in p.parents]
     return view
 
 
 @router.post("/sdkit/v1/jobs", status_code=202)
-async def submit(request: Request, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+async def submit(request: Request) -> dict[str, Any]:
+    """A job: the body is JSON whatever its Content-Type says (`curl -d '{...}'` sends it as a form)."""
+    from sdkit.server.a1111 import FieldError
     from sdkit.server.jobs import task_fields
     from sdkit.server.options import DEFAULT_MODEL
 
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise FieldError((), f"the body is not JSON ({type(err).__name__}): send a JSON object") from None
     hub = hub_of(request)
     model = hub.store.options().get("sd_model_checkpoint", DEFAULT_MODEL)
     task, fields, extras = await run_in_threadpool(task_fields, body, hub.config, model)

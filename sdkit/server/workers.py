@@ -141,10 +141,14 @@ class Worker(threading.Thread):
                 with self.hub.wake:
                     self.hub.wake.wait(timeout=1.0)
                 continue
-            status, result, error = self.execute(job)
-            self.hub.store.finish(job.id, status, result, error)
-            self.live.end()
-            self.hub.resolve(job.id)
+            try:
+                status, result, error = self.execute(job)
+                self.hub.store.finish(job.id, status, result, error)
+            except Exception:  # the queue itself failed (a full disk): the job stays running until a restart
+                log.error("worker %s: job %s could not be recorded:\n%s", self.name, job.id, traceback.format_exc())
+            finally:
+                self.live.end()
+                self.hub.resolve(job.id)
 
     def execute(self, job: Job) -> tuple[str, dict[str, Any] | None, str | None]:
         from sdkit.server.runs import run_generate, run_process
