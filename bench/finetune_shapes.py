@@ -107,6 +107,12 @@ STRIPED_WITH_STAR = 0.85
 # the stacked LoRAs are scored at four eval seeds (n = 800) and reported pooled, with each seed's score beside it.
 EVAL_SEEDS = (1234, 4321, 777, 9999)
 COMMON = {"threads": 1, "checkpointing_steps": None, "log_every": 50, "seed": 0, "device": "cpu", "validation_images": 4}
+# Each trainer's data set (a make_data key) and validation prompt; DreamBooth's instance and class images are fixed.
+INPUTS = {
+    "lora_striped": ("striped", "a red striped circle on a blue background"),
+    "lora_star": ("stars", "a red star on a blue background"),
+    "textual_inversion": ("zig", f"a red {TI_TOKEN} on a blue background"),
+}
 
 
 def make_data(root: Path) -> dict[str, Path]:
@@ -144,11 +150,14 @@ def make_data(root: Path) -> dict[str, Path]:
     return paths
 
 
-def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) -> dict[str, Any]:
-    """Run `sdkit train <command> --recipe` in a child; its seconds and peak RSS (os.wait4)."""
+def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool,
+          recipes: dict[str, tuple[str, dict[str, Any]]] | None = None,
+          inputs: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run `sdkit train <command> --recipe` in a child; its seconds and peak RSS (os.wait4). `recipes` and `inputs`
+    default to this module's RECIPES and INPUTS."""
     import yaml
 
-    command, fields = RECIPES[name]
+    command, fields = (recipes or RECIPES)[name]
     run_dir = out / name
     recipe = {**COMMON, **fields, "model": model, "output_dir": str(run_dir)}
     if quick:
@@ -159,15 +168,9 @@ def train(name: str, model: str, data: dict[str, Path], out: Path, quick: bool) 
         recipe["instance_data_dir"] = str(data["star"])  # imagefolder: CONCEPT is filled from each image's metadata
         recipe["class_data_dir"] = str(data["world"])
         recipe["validation_prompts"] = [CONCEPT.format(color="red", background="blue"), "a green circle on a white background"]
-    elif name == "lora_striped":
-        recipe["data_dir"] = str(data["striped"])
-        recipe["validation_prompts"] = ["a red striped circle on a blue background"]
-    elif name == "lora_star":
-        recipe["data_dir"] = str(data["stars"])
-        recipe["validation_prompts"] = ["a red star on a blue background"]
     else:
-        recipe["data_dir"] = str(data["zig"])
-        recipe["validation_prompts"] = [f"a red {TI_TOKEN} on a blue background"]
+        key, prompt = (inputs or INPUTS)[name]
+        recipe["data_dir"], recipe["validation_prompts"] = str(data[key]), [prompt]
     finished, recipe_file, text = run_dir / "run.json", out / f"{name}.yaml", yaml.safe_dump(recipe, sort_keys=False)
     if finished.is_file() and recipe_file.is_file() and recipe_file.read_text() == text:
         print(f"[{name}] already trained: {run_dir}", file=sys.stderr)
@@ -224,7 +227,14 @@ def merged(model: str, out_dir: Path, loras: list[tuple[Path, float]] = (), embe
         pipe.fuse_lora(adapter_names=names)
         pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go
     if embedding is not None:
-        pipe.load_textual_inversion(str(embedding))
+        from safetensors.torch import load_file
+
+        state = load_file(str(embedding))
+        if "clip_g" in state:  # SDXL: one embedding per text encoder, as diffusers documents loading them
+            pipe.load_textual_inversion(state["clip_l"], token=TI_TOKEN, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+            pipe.load_textual_inversion(state["clip_g"], token=TI_TOKEN, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+        else:
+            pipe.load_textual_inversion(str(embedding))
     saved = save_pipeline(pipe, out_dir)
     stamp.write_text(made_from)
     return saved
@@ -282,13 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"model": model, "n": n, "steps": args.steps, "cfg": 5.0, "training": trained, "eval": {}}
     ev = results["eval"]
 
-    def score(key: str, folder: Path | str, seeds: tuple[int, ...] = (), **fields: Any) -> None:
-        """One evaluation at the default eval seed, or with `seeds`, one per seed pooled into `n × len(seeds)`."""
-        where = out / "eval" / key.replace("/", "_").replace("@", "_w")
-        if not seeds:
-            ev[key] = evaluate(folder, n, args.steps, where, **fields)
-            return
-        ev[key] = pooled({seed: evaluate(folder, n, args.steps, where / f"seed{seed}", seed=seed, **fields) for seed in seeds})
+    score = scorer(ev, out, n, args.steps)
 
     score("base/world", model, EVAL_SEEDS)
     score("base/sks_star", model, **star)
@@ -312,13 +316,32 @@ def main(argv: list[str] | None = None) -> int:
     score("base/word_triangle", model, **{**zig, "template": "a {color} triangle on a {background} background"})
     ti = merged(model, out / "merged/ti", embedding=out / "textual_inversion/learned_embeds.safetensors")
     score("textual_inversion/zig_triangle", ti, **zig)
+    print(write(results, out, args.results, summary))
+    return 0
+
+
+def scorer(ev: dict[str, Any], out: Path, n: int, steps: int):
+    """score(key, model folder, seeds=(), **eval fields) → ev[key]: one evaluation at the default eval seed, or with
+    `seeds` one per seed, pooled into `n × len(seeds)`."""
+
+    def score(key: str, folder: Path | str, seeds: tuple[int, ...] = (), **fields: Any) -> None:
+        where = out / "eval" / key.replace("/", "_").replace("@", "_w")
+        if not seeds:
+            ev[key] = evaluate(folder, n, steps, where, **fields)
+            return
+        ev[key] = pooled({seed: evaluate(folder, n, steps, where / f"seed{seed}", seed=seed, **fields) for seed in seeds})
+
+    return score
+
+
+def write(results: dict[str, Any], out: Path, also: Path | None, summarise) -> str:
+    """OUT/results.json (and `also`); the summary text."""
     text = json.dumps(results, indent=2)
     (out / "results.json").write_text(text)
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(text)
-    print(summary(results))
-    return 0
+    if also:
+        also.parent.mkdir(parents=True, exist_ok=True)
+        also.write_text(text)
+    return summarise(results)
 
 
 def summary(results: dict[str, Any]) -> str:

@@ -89,9 +89,18 @@ def apply_loras(pipe, loras: list[LoraRef], *, fuse: bool = False) -> None:
                 "another architecture (refusing a silent partial load)"
             )
         names.append(adapter)
-    pipe.set_adapters(names, adapter_weights=[lora.weight for lora in loras])
+    pipe.set_adapters(names, adapter_weights=[_weights(pipe, name, lora) for name, lora in zip(names, loras, strict=True)])
     if fuse:
         pipe.fuse_lora(adapter_names=names)
+
+
+def _weights(pipe, adapter: str, lora: LoraRef) -> float | dict[str, float]:
+    """One adapter's weight, or per component when the UNet's differs (A1111's <lora:NAME:TE:UNET>): diffusers'
+    `set_adapters` takes a dict of the components that hold the adapter."""
+    if lora.unet_weight is None:
+        return lora.weight
+    parts = [part for part, names in pipe.get_list_adapters().items() if adapter in names]
+    return {part: lora.unet_weight if part in ("unet", "transformer") else lora.weight for part in parts}
 
 
 def _misfit(err: BaseException) -> str:
@@ -147,6 +156,9 @@ def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
             raise UserError(f"--embedding {emb.path}: token {emb.token!r} is already in the vocabulary: choose another (PATH:TOKEN)")
         with quiet_libraries(), refusing_code([Path(emb.path)]):
             state = load_textual_inversion_state_dicts([str(emb.path)])[0]
+        if isinstance(state, dict) and {"clip_l", "clip_g"} <= set(state):
+            _load_sdxl_embedding(pipe, state, emb)
+            continue
         _embedding_vectors(state, Path(emb.path))
         try:
             with quiet_libraries():
@@ -156,6 +168,33 @@ def apply_embeddings(pipe, embeddings: list[EmbeddingRef]) -> None:
             if "already in tokenizer vocabulary" in first:
                 raise UserError(f"--embedding {emb.path}: {first.split('.')[0]}: give another token as PATH:TOKEN") from None
             raise UserError(f"--embedding {emb.path} does not fit this text encoder ({first}): use one made for this model") from None
+
+
+def _load_sdxl_embedding(pipe, state: dict, emb: EmbeddingRef) -> None:
+    """An SDXL embedding ({"clip_l", "clip_g"}, A1111's format, sdkit's SDXL textual inversion): each key into its
+    encoder, as diffusers documents; the token is the given one, else the file's `sdkit.token`, else its name."""
+    from sdkit.lora_io import read_metadata
+
+    if getattr(pipe, "text_encoder_2", None) is None:
+        raise UserError(f"--embedding {emb.path} is an SDXL embedding (clip_l + clip_g): use it with an SDXL model")
+    token = emb.token or read_metadata(Path(emb.path)).get("sdkit.token") or Path(emb.path).stem
+    pairs = ((state["clip_l"], pipe.text_encoder, pipe.tokenizer), (state["clip_g"], pipe.text_encoder_2, pipe.tokenizer_2))
+    for vectors, encoder, tokenizer in pairs:
+        vectors = _embedding_vectors(vectors, Path(emb.path))
+        try:
+            with quiet_libraries():  # several vectors: token, token_1, ... (diffusers' multi-vector convention)
+                pipe.load_textual_inversion(vectors, token=token, text_encoder=encoder, tokenizer=tokenizer)
+        except ValueError as err:
+            first = str(err).strip().splitlines()[0][:200]
+            raise UserError(f"--embedding {emb.path} does not fit this model's text encoders ({first})") from None
+
+
+def _unload_embeddings(pipe) -> None:
+    """Remove the loaded embeddings from every tokenizer/text encoder pair (SDXL's second included)."""
+    pipe.unload_textual_inversion()
+    tokenizer_2 = getattr(pipe, "tokenizer_2", None)
+    if tokenizer_2 is not None and any(not t.special for t in tokenizer_2.added_tokens_decoder.values()):
+        pipe.unload_textual_inversion(tokenizer=tokenizer_2, text_encoder=pipe.text_encoder_2)
 
 
 @contextlib.contextmanager
@@ -172,4 +211,4 @@ def adapters_applied(pipe, loras: list[LoraRef], embeddings: list[EmbeddingRef],
                 pipe.unfuse_lora()
             pipe.unload_lora_weights()
         if embeddings:
-            pipe.unload_textual_inversion()
+            _unload_embeddings(pipe)

@@ -5,6 +5,8 @@
 * ``shapes``     — the architecture of the shapes-world model trained from scratch: 64 px images, a factor-4 VAE
   (16×16×4 latents), a ≈2.8 M-parameter UNet with attention only at the two lowest resolutions, and a small CLIP text
   encoder over the word-level vocabulary of `sdkit.tokenizer`.
+* ``shapes-sdxl`` — the same world in SDXL's architecture: two small text encoders (penultimate states concatenated,
+  pooled embedding from the second) and SDXL's micro-conditioning (recipes/train/shapes-sdxl.yaml).
 
 Every preset is a complete, saveable diffusers pipeline (StableDiffusionPipeline or StableDiffusionXLPipeline) that
 reloads with plain ``from_pretrained``. Weights are random: the same preset, words and seed give identical weights.
@@ -95,20 +97,42 @@ def _frozen(**kwargs: Any) -> Mapping[str, Any]:
     return MappingProxyType(kwargs)
 
 
+def _vae(block_out_channels: tuple[int, ...], **fields: Any) -> Mapping[str, Any]:
+    """An RGB AutoencoderKL of 4 latent channels, one layer per block, downsampling 2^(blocks - 1)."""
+    blocks = len(block_out_channels)
+    return _frozen(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=block_out_channels,
+                   down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks, **fields)  # fmt: skip
+
+
 # Both tiny presets' UNet size (16x16 latents, 32/64 channels); their blocks differ.
 _TINY_UNET = _frozen(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1)
 # Both tiny presets' VAE: factor 2 (32 px images -> 16x16x4 latents).
-_TINY_VAE = _frozen(
-    sample_size=32,
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(32, 64),
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+_TINY_VAE = _vae(sample_size=32, block_out_channels=(32, 64), norm_num_groups=16)
+
+# The shapes models' UNet: 16x16 latents, attention only at 8x8 and 4x4, 32 channels per head.
+_SHAPES_UNET = _frozen(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 96),
     layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=16,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=128,
+    attention_head_dim=(1, 2, 3),  # heads per block (diffusers' legacy name): 32 channels per head
+    norm_num_groups=32,
 )
+# The shapes models' VAE: factor 4 (64 px images -> 16x16x4 latents).
+_SHAPES_VAE = _vae(
+    sample_size=64,
+    block_out_channels=(16, 32, 64),
+    norm_num_groups=4,  # 1 channel per group barely learns flat colours (verified-facts)
+    scaling_factor=1.0,  # placeholder: the VAE training stage measures 1/std of the latents
+)
+# Each text encoder of the SDXL shapes model: half the width of the SD one's, so both together feed the UNet's
+# 128-wide cross-attention.
+_SHAPES_SDXL_TEXT = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 256}
+
 
 def _tiny(**fields: Any) -> ArchitectureSpec:
     """A tiny test preset: 32 px images, 77-token prompts, the tiny VAE."""
@@ -174,30 +198,8 @@ PRESETS: Mapping[str, ArchitectureSpec] = MappingProxyType(
             family="sd",
             image_size=64,
             model_max_length=32,  # "a small red striped circle in the top left corner on a blue background" is 16
-            unet=_frozen(
-                sample_size=16,
-                in_channels=4,
-                out_channels=4,
-                block_out_channels=(32, 64, 96),
-                layers_per_block=1,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=128,
-                attention_head_dim=(1, 2, 3),  # heads per block (diffusers' legacy name): 32 channels per head
-                norm_num_groups=32,
-            ),
-            vae=_frozen(
-                sample_size=64,
-                in_channels=3,
-                out_channels=3,
-                block_out_channels=(16, 32, 64),
-                down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3,
-                layers_per_block=1,
-                latent_channels=4,
-                norm_num_groups=4,  # 1 channel per group barely learns flat colours (verified-facts)
-                scaling_factor=1.0,  # placeholder: the VAE training stage measures 1/std of the latents
-            ),
+            unet=_SHAPES_UNET,
+            vae=_SHAPES_VAE,
             text_encoder=TextEncoderSpec(
                 hidden_size=128, num_hidden_layers=3, num_attention_heads=4, intermediate_size=512
             ),
@@ -205,6 +207,28 @@ PRESETS: Mapping[str, ArchitectureSpec] = MappingProxyType(
             scheduler_class="DPMSolverMultistepScheduler",  # DPM++ 2M for sampling; train with DDPM on the same betas
             scheduler=SD15_SCHEDULER,
             vae_logvar_bias=-6.0,  # keeps posterior noise from swamping the decoder early (verified-facts)
+            unet_param_range=(2_000_000, 4_000_000),
+        ),
+        "shapes-sdxl": ArchitectureSpec(
+            name="shapes-sdxl",
+            description="The shapes-world model in SDXL's architecture: the shapes UNet and VAE, two 64-wide CLIP "
+            "text encoders (the second with a projected, pooled embedding) whose penultimate states feed the "
+            "128-wide cross-attention, and SDXL's added conditioning (pooled text + original size, crop, target size).",
+            family="sdxl",
+            image_size=64,
+            model_max_length=32,
+            unet=_frozen(
+                **_SHAPES_UNET,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=64 + 6 * 8,  # pooled text (64) + 6 time ids x 8
+            ),
+            vae=_SHAPES_VAE,
+            text_encoder=TextEncoderSpec(**_SHAPES_SDXL_TEXT),
+            text_encoder_2=TextEncoderSpec(**_SHAPES_SDXL_TEXT, projection_dim=64),
+            scheduler_class="DPMSolverMultistepScheduler",
+            scheduler=SD15_SCHEDULER,
+            vae_logvar_bias=-6.0,
             unet_param_range=(2_000_000, 4_000_000),
         ),
     }

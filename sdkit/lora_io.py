@@ -7,9 +7,12 @@
   `convert_state_dict_to_diffusers`) written by the pipeline class's own `save_lora_weights`, with the peft
   `LoraConfig` in diffusers' `lora_adapter_metadata` header entry (so `load_lora_weights` rebuilds alpha and the
   target modules). Loads with plain `pipe.load_lora_weights(dir)`.
-* `NAME.safetensors` (kohya/A1111 keys, `lora_unet_…`/`lora_te_…` with `.lora_down/.lora_up/.alpha`): diffusers'
-  `convert_state_dict_to_kohya`, with two fixes: its alpha entries are the rank (right only when alpha == rank), and
-  transformers 5's CLIPTextModel has no `text_model.` level, which kohya/A1111 text-encoder keys include.
+* `NAME.safetensors` (kohya/A1111 keys, `lora_unet_…`/`lora_te_…` with `.lora_down/.lora_up/.alpha`; SDXL:
+  `lora_unet_…`, `lora_te1_…` and `lora_te2_…`): diffusers' `convert_state_dict_to_kohya`, with two fixes: its alpha
+  entries are the rank (right only when alpha == rank), and transformers 5's CLIPTextModel has no `text_model.`
+  level, which kohya/A1111 text-encoder keys include.
+
+SDXL pipelines save through `StableDiffusionXLPipeline.save_lora_weights`, with both text encoders' layers.
 
 Files are written to a temporary name in the target folder and renamed into place, so a crash never leaves half a file;
 they get the permissions the umask gives any new file (`sdkit.atomic`).
@@ -27,6 +30,7 @@ from sdkit import atomic
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_TE_PREFIX = "lora_te_text_model_"
+KOHYA_SDXL_TE_PREFIXES = {"lora_te1_": "lora_te1_text_model_", "lora_te2_": "lora_te2_text_model_"}
 
 
 def lora_metadata(
@@ -61,31 +65,37 @@ def _peft_state(module, prefix: str) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in get_peft_model_state_dict(module).items()}
 
 
-def kohya_state_dict(unet, text_encoder, alpha: float) -> dict[str, Any]:
-    """The adapters in kohya/A1111 naming (SD 1.x/2.x: `lora_unet_…`, `lora_te_text_model_…`) with the true alpha."""
+def kohya_state_dict(unet, text_encoder, alpha: float, text_encoder_2=None) -> dict[str, Any]:
+    """The adapters in kohya/A1111 naming (SD 1.x/2.x: `lora_unet_…`, `lora_te_text_model_…`; SDXL, with
+    `text_encoder_2`: `lora_unet_…`, `lora_te1_text_model_…`, `lora_te2_text_model_…`) with the true alpha."""
     import torch
     from diffusers.utils import convert_state_dict_to_kohya
 
     peft_state = _peft_state(unet, "unet")
     if text_encoder is not None:
         peft_state |= _peft_state(text_encoder, "text_encoder")
+    if text_encoder_2 is not None:
+        peft_state |= _peft_state(text_encoder_2, "text_encoder_2")
+    sdxl = text_encoder_2 is not None
     out = {}
     for key, value in convert_state_dict_to_kohya(peft_state).items():
-        if key.startswith("lora_te1_"):
-            rest = key.removeprefix("lora_te1_").removeprefix("text_model_")
-            key = KOHYA_TE_PREFIX + rest
+        prefix = next((p for p in KOHYA_SDXL_TE_PREFIXES if key.startswith(p)), None)
+        if prefix is not None:
+            rest = key.removeprefix(prefix).removeprefix("text_model_")
+            key = (KOHYA_SDXL_TE_PREFIXES[prefix] if sdxl else KOHYA_TE_PREFIX) + rest
         if key.endswith(".alpha"):
             value = torch.tensor(float(alpha))
         out[key] = value
     return out
 
 
-def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, str], kohya_name: str | None = None) -> list[Path]:
+def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, str], kohya_name: str | None = None,
+              sdxl: bool = False, text_encoder_2=None) -> list[Path]:  # fmt: skip
     """Write OUT/pytorch_lora_weights.safetensors (and OUT/<kohya_name>.safetensors); return the paths written.
 
-    `unet` (and `text_encoder`) carry one peft adapter ("default", added with `add_adapter`).
-    """
-    from diffusers import StableDiffusionPipeline
+    `unet` (and `text_encoder`, for SDXL also `text_encoder_2`) carry one peft adapter ("default", added with
+    `add_adapter`); `sdxl` saves through the SDXL pipeline's loader (kohya keys lora_te1_/lora_te2_)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -98,11 +108,13 @@ def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, 
         "unet_lora_layers": get_peft_model_state_dict(unet),
         "unet_lora_adapter_metadata": unet.peft_config["default"].to_dict(),
     }
-    if text_encoder is not None:
-        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
-        layers["text_encoder_lora_adapter_metadata"] = text_encoder.peft_config["default"].to_dict()
+    for name, encoder in (("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+        if encoder is not None:
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+            layers[f"{name}_lora_adapter_metadata"] = encoder.peft_config["default"].to_dict()
+    pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=out_dir) as tmp:
-        StableDiffusionPipeline.save_lora_weights(tmp, **layers)
+        pipeline_class.save_lora_weights(tmp, **layers)
         written = Path(tmp) / LORA_FILE
         header = read_metadata(written)  # diffusers' own: format, lora_adapter_metadata
         tensors = _load(written)
@@ -110,8 +122,9 @@ def save_lora(out_dir: Path, *, unet, text_encoder=None, metadata: Mapping[str, 
     if kohya_name is not None:
         alpha = float(unet.peft_config["default"].lora_alpha)
         paths.append(
-            atomic.write_safetensors(out_dir / f"{kohya_name}.safetensors", kohya_state_dict(unet, text_encoder, alpha),
-                              {**metadata, "format": "pt"})
+            atomic.write_safetensors(out_dir / f"{kohya_name}.safetensors",
+                                     kohya_state_dict(unet, text_encoder, alpha, text_encoder_2 if sdxl else None),
+                                     {**metadata, "format": "pt"})
         )  # fmt: skip
     return paths
 

@@ -1,8 +1,9 @@
 """Model references: the only code that resolves a `--model` value and touches weights on disk or the hub.
 
-A reference is an alias, a local diffusers folder, a single-file checkpoint, or a hub id. `resolve_model` checks it
-without importing torch (so bad input fails in milliseconds, before anything is loaded or written); `load_pipeline`
-builds the txt2img pipeline through diffusers' own loaders.
+A reference is an alias, a local diffusers folder, a single-file checkpoint, a name or short hash in the model library
+(`sdkit.library`), or a hub id. `resolve_model` checks it without importing torch (so bad input fails in milliseconds,
+before anything is loaded or written); `load_pipeline` builds the txt2img pipeline through diffusers' own loaders
+(single files offline, with the configs of `sdkit.single_file`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -52,6 +54,7 @@ class ModelRef:
     kind: str
     location: str
     sha256: str | None = None
+    config: str | None = None  # single files: --config (a diffusers folder, a family name or an original .yaml)
 
     @property
     def name(self) -> str:
@@ -91,10 +94,12 @@ def hash_cache_file() -> Path:
     return Path(root) / "hashes.json"
 
 
-def content_hash(location: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative names and bytes, sorted), as hex.
+def content_hash(location: Path, kind: str = "sha256") -> str:
+    """A hex digest of a model: `kind` "sha256" is the sha256 of a file, or of a folder's files (relative names and
+    bytes, sorted); A1111's short hash (AutoV2) is its first 10 characters. "addnet" is the sha256 of a safetensors
+    file's bytes after its header (kohya's and A1111's LoRA hash, civitai's AutoV3; `Lora hashes` shows 12).
 
-    Reading every byte of an SDXL folder takes seconds, so the hash is remembered in `hash_cache_file()` against the
+    Reading every byte of an SDXL folder takes seconds, so digests are remembered in `hash_cache_file()` against the
     files' names, sizes and modification times (as A1111 keeps its cache.json): a changed file is hashed again."""
     is_dir = location.is_dir()
     files = sorted(p for p in location.rglob("*") if p.is_file()) if is_dir else [location]
@@ -104,20 +109,23 @@ def content_hash(location: Path) -> str:
     cache_file = hash_cache_file()
     cache = _read_hash_cache(cache_file)
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("files") == signature and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
+    entry = entry if isinstance(entry, dict) and entry.get("files") == signature else {"files": signature}
+    if isinstance(entry.get(kind), str):
+        return entry[kind]
     digest = hashlib.sha256()
     for name, file in zip(names, files, strict=True):
         if is_dir:
             digest.update(name.encode() + b"\0")
         with file.open("rb") as f:
+            if kind == "addnet":  # skip the 8-byte length and the JSON header
+                f.seek(8 + int.from_bytes(f.read(8), "little"))
             while chunk := f.read(2**22):
                 digest.update(chunk)
-    sha256 = digest.hexdigest()
+    entry[kind] = digest.hexdigest()
     cache = {k: v for k, v in cache.items() if Path(k).exists()}  # forget models that are gone
-    cache[key] = {"files": signature, "sha256": sha256}
+    cache[key] = entry
     _write_hash_cache(cache_file, cache)
-    return sha256
+    return entry[kind]
 
 
 def _read_hash_cache(path: Path) -> dict:
@@ -138,12 +146,23 @@ def _write_hash_cache(path: Path, cache: dict) -> None:
         print(f"warning: could not save the model hash cache {path}: {err.strerror or err}", file=sys.stderr)
 
 
-def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = True) -> ModelRef:
-    """Check a model reference and say what it is, without loading anything."""
+def resolve_model(
+    ref: str,
+    *,
+    allow_pickle: bool = False,
+    hash_local: bool = True,
+    config: str | None = None,
+    models_dirs: Sequence[Path] | None = None,
+) -> ModelRef:
+    """Check a model reference and say what it is, without loading anything. Looked up in this order: an alias, an
+    existing folder or file, a name or short hash in the model library (`sdkit.library`), a hub id."""
+    from sdkit import library
+
     target = ALIASES.get(ref.strip().lower(), ref)
     path = Path(target).expanduser()
     if path.is_dir():
         _check_folder(path, allow_pickle)
+        _no_config(config, path)
         return ModelRef(ref, "folder", str(path.resolve()), content_hash(path) if hash_local else None)
     if path.is_file():
         kind = weights_format(path)
@@ -153,25 +172,43 @@ def resolve_model(ref: str, *, allow_pickle: bool = False, hash_local: bool = Tr
                 "folder or a .safetensors checkpoint"
             )
         check_weights(path, "", allow_pickle, by_name=True)  # a pickle needs --allow-pickle whatever its name
-        return ModelRef(ref, "file", str(path.resolve()), content_hash(path) if hash_local else None)
+        _check_config(config)
+        return ModelRef(ref, "file", str(path.resolve()), content_hash(path) if hash_local else None, config)
     if ref.strip().lower() == "shapes":
         raise UserError(f"the embedded shapes model is missing from {path}: reinstall sdkit (pip install -e .)")
+    found = library.find("checkpoints", ref, explicit=models_dirs)
+    if found is not None:
+        resolved = resolve_model(str(found), allow_pickle=allow_pickle, hash_local=hash_local, config=config)
+        return ModelRef(ref, resolved.kind, resolved.location, resolved.sha256, resolved.config)
     if path.suffix in SINGLE_FILE_SUFFIXES or target.startswith((".", "/", "~")) or not HUB_ID.match(target):
         raise UserError(
-            f"model {ref!r} not found: no such folder or file, and not a hub id (org/name) or alias "
-            f"({', '.join(ALIASES)})"
+            f"model {ref!r} not found: no such folder or file, not an alias ({', '.join(ALIASES)}), not a hub id "
+            f"(org/name), {library.where_looked('checkpoints', models_dirs)}"
         )
+    _no_config(config, target)
     return ModelRef(ref, "hub", target)
 
 
-def _is_sdxl_file(path: Path) -> bool:
-    """Whether a single-file checkpoint is SDXL (it has the second text encoder); pickles are assumed SD 1.x/2.x."""
-    if weights_format(path) != SAFETENSORS:
-        return False
-    from safetensors import safe_open
+def _check_config(config: str | None) -> None:
+    """--config: a diffusers config folder, a family name or an original .yaml (see sdkit.single_file)."""
+    from sdkit.families import FAMILIES
 
-    with safe_open(str(path), framework="pt") as f:
-        return any(k.startswith("conditioner.embedders.1.") for k in f.keys())
+    if config is None or config in FAMILIES:
+        return
+    path = Path(config).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():
+        return
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        return
+    raise UserError(
+        f"--config {config}: not a diffusers folder (with model_index.json), an original .yaml, or a family "
+        f"({', '.join(FAMILIES)})"
+    )
+
+
+def _no_config(config: str | None, where: Path | str) -> None:
+    if config is not None:
+        raise UserError(f"--config is for single-file checkpoints; {where} has its own configs: drop --config")
 
 
 def resolve_component(ref: str, what: str, aliases: dict[str, str] | None = None) -> str:
@@ -195,18 +232,24 @@ def resolve_component(ref: str, what: str, aliases: dict[str, str] | None = None
 TEXT2IMAGE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
-def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
-    """Load the txt2img pipeline for a resolved model with diffusers' loaders (safetensors only unless allowed)."""
+def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False, vae=None):
+    """Load the txt2img pipeline for a resolved model with diffusers' loaders (safetensors only unless allowed).
+    `vae` (a resolved `sdkit.vae.VaeRef`) replaces the model's VAE."""
     import diffusers
     import transformers
+
+    from sdkit.vae import load_vae
 
     diffusers.utils.logging.disable_progress_bar()  # per-component loading bars; hub downloads keep theirs
     transformers.utils.logging.disable_progress_bar()
     safe = {"use_safetensors": None if allow_pickle else True}
     if model.kind == "file":
-        cls = diffusers.StableDiffusionXLPipeline if _is_sdxl_file(Path(model.location)) else diffusers.StableDiffusionPipeline
-        with quiet_libraries(), refusing_code([Path(model.location)]):
-            return cls.from_single_file(model.location, dtype=torch_dtype)
+        from sdkit import single_file
+        from sdkit.families import read_json
+
+        choice = single_file.choose(Path(model.location), model.config, allow_pickle=allow_pickle)
+        own_vae = load_vae(vae, read_json(choice.config_dir / "vae" / "config.json"), torch_dtype) if vae else None
+        return single_file.load(Path(model.location), choice, dtype=torch_dtype, vae=own_vae)
     extra = {}
     loader_name = "AutoPipelineForText2Image"
     pickles: list[Path] = []
@@ -217,10 +260,12 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
         if index.get("_class_name") in TEXT2IMAGE_CLASSES:  # the class itself: diffusers' auto_pipeline module imports
             loader_name = index["_class_name"]  # every pipeline family (≈ 0.5 s of every `sdkit generate`)
         pickles = _pickle_files(Path(model.location)) if allow_pickle else []
+        if vae is not None:
+            extra["vae"] = load_vae(vae, json.loads((Path(model.location) / "vae" / "config.json").read_text()), torch_dtype)
     try:
         # quiet: with --allow-pickle diffusers logs an error for each component without safetensors, then loads the .bin
         with quiet_libraries(), refusing_code(pickles, model.location):
-            return getattr(diffusers, loader_name).from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
+            pipe = getattr(diffusers, loader_name).from_pretrained(model.location, dtype=torch_dtype, **safe, **extra)
     except OSError as err:
         if model.kind != "hub":
             raise
@@ -229,3 +274,6 @@ def load_pipeline(model: ModelRef, *, torch_dtype, allow_pickle: bool = False):
             f"could not load {model.location!r} from the Hugging Face Hub ({first[:160]}): check the id and your "
             "network (HF_HUB_OFFLINE=1 uses only the local cache), or pass a local diffusers folder"
         ) from None
+    if vae is not None and model.kind == "hub":
+        pipe.vae = load_vae(vae, pipe.vae.config, torch_dtype)
+    return pipe

@@ -1,4 +1,5 @@
-"""Writing results: output-folder checks, atomic never-overwriting PNGs, A1111 infotext and the sdkit recipe chunk.
+"""Writing results: output-folder checks, atomic never-overwriting PNGs, reading back their text chunks and the sdkit recipe
+chunk (the A1111 infotext itself is written and read by `sdkit.infotext`).
 
 A PNG is written to a temp file in the target folder and then hard-linked to its final name, which fails instead of
 overwriting when another process took that name first: two `sdkit generate` runs into one folder never clobber
@@ -98,15 +99,6 @@ def write_beside(image_path: Path, tag: str, image: Image.Image) -> Path:
     return atomic.write_file(target, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def infotext(prompt: str, negative: str, fields: dict[str, Any]) -> str:
-    """A1111's `parameters` text: prompt, `Negative prompt:` line, then `Key: value, ...`."""
-    lines = [prompt]
-    if negative:
-        lines.append(f"Negative prompt: {negative}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None))
-    return "\n".join(lines)
-
-
 MAX_RECIPE_TEXT = 2**20  # 1 MiB: Pillow's own bound on one decompressed text chunk (PngImagePlugin.MAX_TEXT_CHUNK)
 RECORD_FIELDS = {"recipe": (dict, "an object"), "task": (str, "a string"), "sdkit": (str, "a string"), "model": (dict, "an object")}
 
@@ -129,11 +121,11 @@ def read_text_chunks(path: Path) -> dict[str, str]:
                 chunks = {**chunks, **img.text}  # Pillow decodes the image to reach chunks after the pixel data
             return chunks
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist: give the path of a PNG written by sdkit") from None
+        raise UserError(f"{path} does not exist: give the path of an image written by sdkit, A1111, Forge or ComfyUI") from None
     except ValueError as err:  # Pillow's text limits (MAX_TEXT_CHUNK, MAX_TEXT_MEMORY)
-        raise UserError(f"{path}: its text chunks are too large to read ({err}): not a PNG that sdkit wrote") from None
+        raise UserError(f"{path}: its text chunks are too large to read ({err}): not an image a generator wrote") from None
     except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"{path} is not a readable image ({err}): give a PNG written by sdkit") from None
+        raise UserError(f"{path} is not a readable image ({err}): give a PNG, JPEG or WEBP written by a generator") from None
 
 
 def read_recipe(path: Path) -> dict[str, Any]:

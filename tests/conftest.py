@@ -58,3 +58,11 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny SDXL pipeline folder (two text encoders; Euler; 32 px default). Do not modify it."""
     return _build_and_save("tiny-sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CLIPModel + CLIPProcessor folder trained on the shapes world (tests/tiny_clip.py; ~12 s). Do not modify it."""
+    from tiny_clip import train_tiny_clip
+
+    return train_tiny_clip(tmp_path_factory.mktemp("models"))

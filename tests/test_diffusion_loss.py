@@ -8,6 +8,7 @@ import pytest
 
 from sdkit.schema.finetune import TrainLoraRecipe
 from sdkit.training.diffusion import denoising_loss, timestep_weights
+from sdkit.training.text import TextConditioning
 
 
 def test_timestep_weights_match_diffusers_bias_strategies() -> None:
@@ -39,9 +40,11 @@ def test_the_loss_samples_the_biased_timesteps(tiny_sd_dir: Path, tmp_path: Path
     recipe = TrainLoraRecipe(model=str(tiny_sd_dir), data_dir=tmp_path, output_dir=tmp_path / "o", timestep_bias=bias,
                              timestep_bias_multiplier=1e6, timestep_bias_portion=0.1)  # fmt: skip
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    loss_fn = denoising_loss(recipe, pipe, pipe.scheduler, side, "cpu")
+    loss_fn = denoising_loss(recipe, pipe, pipe.scheduler, "cpu", text=TextConditioning(pipe, pipe))
     unet = RecordingUNet(pipe.unet)
-    batch = {"pixels": torch.zeros(64, 3, side, side, dtype=torch.uint8), "input_ids": torch.zeros(64, 77, dtype=torch.long)}
+    batch = {"pixels": torch.zeros(64, 3, side, side, dtype=torch.uint8), "caption": ["a red circle"] * 64,
+             "target_size": torch.tensor([[side, side]] * 64), "original_size": torch.tensor([[side, side]] * 64),
+             "crop": torch.zeros(64, 2, dtype=torch.long)}  # fmt: skip
     with torch.no_grad():
         loss = loss_fn(batch, {"unet": unet}, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and len(unet.seen) == 64

@@ -12,11 +12,11 @@ README's own YAML example), LoRAs for the embedded model (`my_lora.safetensors`,
 Rules (a command that none of them excludes must exit 0 with no traceback):
 - `make demo` and `make test` are not run here: they install a virtual environment and run this very suite. The
   demo's own `sdkit generate` command is in the README's Generate block, checked against the Makefile, and runs.
-- Network: a `sdkit` command whose model (`-m/--model`) is a hub model (an alias of `sdkit.models.ALIASES` that
-  names a hub id, or an `org/name` id), or `sdkit preprocess TYPE` where TYPE's detector loads weights from the hub
-  (`sdkit.control.preprocessors.DETECTORS[TYPE].repo`).
-- `EXCLUDED`: commands that work offline but take minutes as written, each with its reason. The list must match
-  README lines exactly, so it cannot go stale silently.
+- Network: a `sdkit` command whose model (`-m/--model`, `--clip-model`) is a hub model (an alias of
+  `sdkit.models.ALIASES` that names a hub id, or an `org/name` id), or `sdkit preprocess TYPE` where TYPE's detector
+  loads weights from the hub (`sdkit.control.preprocessors.DETECTORS[TYPE].repo`).
+- `EXCLUDED`: commands that take minutes as written, or need a download other than the hub's (FID's Inception
+  weights), each with its reason. The list must match README lines exactly, so it cannot go stale silently.
 `MUST_RUN` names commands that must be found in the README and run, so deleting them from the README fails here.
 """
 
@@ -48,6 +48,16 @@ EXCLUDED = {
     "sdkit train text-to-image -m shapes --train-text-encoder --add-words heart --add-words cross --data wide/ -o out/wide":
         "1,000 optimiser steps (the default max_steps) with the text encoder, minutes on a CPU; "
         "tests/test_train_text_to_image.py trains with --add-words in a few steps",
+    "accelerate launch --multi_gpu --num_processes 8 -m sdkit train lora --recipe lora.yaml":
+        "needs 8 GPUs; tests/test_train_lora.py and tests/test_multimachine.py launch 2 CPU processes",
+    "accelerate launch --multi_gpu --num_machines 2 --num_processes 16 --machine_rank R --main_process_ip 10.0.0.1 "
+    "--main_process_port 29500 -m sdkit train lora --recipe lora.yaml":
+        "needs two machines with 8 GPUs each; tests/test_multimachine.py runs two launches against 127.0.0.1",
+    "sdkit eval fid outputs/samplers/01-euler-steps-20 --reference data/images":
+        "downloads the FID Inception weights (91 MB) from GitHub; tests/test_eval_metrics.py runs `eval fid` with a "
+        "random-weight file of the same layout and checks the offline error",
+    "sdkit eval fid outputs/run --reference data/images --inception-weights weights-inception-2015-12-05-6726825d.pth --allow-pickle":
+        "needs the FID Inception weights file; tests/test_eval_metrics.py runs `eval fid --inception-weights`",
 }  # fmt: skip
 
 MUST_RUN = (
@@ -60,6 +70,8 @@ MUST_RUN = (
     "sdkit schema generate > generate.schema.json",
     "sdkit data shapes ",
     "sdkit eval shapes ",
+    "sdkit eval sweep ",
+    "sdkit schedulers --plot ",
 )
 
 
@@ -101,7 +113,7 @@ def needs_network(command: str) -> str | None:
     if argv[0] != "sdkit":
         return None
     for flag, value in zip(argv, argv[1:], strict=False):
-        target = ALIASES.get(value, value) if flag in ("-m", "--model") else ""
+        target = ALIASES.get(value, value) if flag in ("-m", "--model", "--clip-model") else ""
         if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", target):
             return f"model {value} comes from the Hugging Face Hub"
     if argv[1] == "preprocess" and DETECTORS[argv[2]].repo:

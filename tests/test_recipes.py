@@ -37,6 +37,7 @@ SMALL = {
     "shapes-txt2img.yaml": ["steps=2", "num_images=1"],
     "shapes-sweep.yaml": ["defaults.steps=2"],
     "shapes-eval.yaml": ["n=2", "steps=2", "batch_size=2"],
+    "shapes-sampler-sweep.yaml": ["world_prompts=1", "values=[1, 2]"],
     "shapes-canny.yaml": ["jobs.0.n=8", "jobs.1.max_steps=2", "jobs.1.train_batch_size=4", "jobs.1.validation_steps=null",
                           "jobs.1.checkpointing_steps=null"],
     "shapes-base.yaml": ["jobs.0.n=12", "jobs.1.n=12", "jobs.2.max_steps=2", "jobs.2.train_batch_size=4",
@@ -72,6 +73,8 @@ def test_shapes_recipes_run_end_to_end(name: str, tmp_path: Path, monkeypatch: p
             assert len((out / "metadata.jsonl").read_text().splitlines()) == recipe.n
         elif job.task.name == "eval":
             assert (out / "report.json").is_file(), sorted(p.name for p in out.iterdir())
+        elif job.task.name == "eval-sweep":
+            assert {"sweep.json", "sweep.plot.png", "sweep.grid.png"} <= {p.name for p in out.iterdir()}
         elif job.task.name.startswith("train-"):
             assert (out / "run.json").is_file() and (out / "recipe.yaml").is_file(), job.name
     for out, count in expected_images.items():

@@ -78,14 +78,14 @@ def test_lora_variant_saves_loadable_lora_files(tiny_sd_dir: Path, instances: Pa
 def test_prior_batch_puts_class_images_after_instances() -> None:
     import torch
 
-    instances = [torch.full((3, 4, 4), i, dtype=torch.uint8) for i in range(2)]
-    classes = [torch.full((3, 4, 4), 10 + j, dtype=torch.uint8) for j in range(5)]
-    data = DreamBoothData("pixels", instances, torch.tensor([[1], [2]]), classes, torch.arange(30, 35)[:, None])
+    instances = [{"pixels": torch.full((3, 4, 4), i, dtype=torch.uint8)} for i in range(2)]
+    classes = [{"pixels": torch.full((3, 4, 4), 10 + j, dtype=torch.uint8)} for j in range(5)]
+    data = DreamBoothData(instances, ["i0", "i1"], classes, [f"c{j}" for j in range(5)])
     assert len(data) == 5  # every class image is seen each epoch
     batch = data.collate([data[0], data[3]])
     assert batch["prior"].tolist() == [False, False, True, True]
     assert batch["pixels"][:, 0, 0, 0].tolist() == [0, 1, 10, 13]  # instance i mod 2, class i mod 5
-    assert batch["input_ids"][:, 0].tolist() == [1, 2, 30, 33]  # each image with its own prompt
+    assert batch["caption"] == ["i0", "i1", "c0", "c3"]  # each image with its own prompt
 
 
 def test_errors_are_one_line(tiny_sd_dir: Path, instances: Path, tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_resume_errors_come_before_any_work(shapes_data, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         run(recipe(shapes_data, tmp_path / "out", resume=str(tmp_path / "nowhere")))
     assert not (tmp_path / "out").exists()
-    with pytest.raises(UserError, match="has no images and no metadata.jsonl"):
+    with pytest.raises(UserError, match="no images and no metadata.jsonl"):
         run(recipe(tmp_path, tmp_path / "out"))
 
 

@@ -15,7 +15,7 @@ from sdkit.errors import UserError
 from sdkit.grids import labelled_grid
 from sdkit.schema.train import TrainCommon
 from sdkit.training import checkpoints as ckpt
-from sdkit.training import data
+from sdkit.training import data, pictures
 from sdkit.training.checkpoints import StopSignals
 from sdkit.training.loop import TrainingSpec, accelerator_session, fused_adamw_ok, run_training
 from sdkit.training.plots import loss_curve
@@ -252,7 +252,7 @@ def test_dataset_missing_folder_bad_json_and_corrupt_image(tmp_path):
         data.read_imagefolder(folder)
     rows = data.read_imagefolder(folder, max_rows=1)
     with pytest.raises(UserError, match=r"bad\.png cannot be read"):
-        data.load_images([r["file_name"] for r in rows], 8, True)
+        pictures.load_pictures([r["file_name"] for r in rows], 8, True)
     (folder / "metadata.jsonl").write_text('{"file_name": "junk.png", "text": "x"}\n')
     with pytest.raises(UserError, match=r"line 1: .*junk\.png is not an image"):  # a broken header: before any model loads
         data.read_imagefolder(folder)
@@ -263,13 +263,20 @@ def test_images_tokens_and_augmentation(tmp_path):
         tmp_path / "ds", [{"file_name": "w.png", "text": "wide"}], {"w.png": Image.new("RGB", (40, 20), (255, 0, 0))}
     )
     rows = data.read_imagefolder(folder)
-    (cropped,) = data.load_images([r["file_name"] for r in rows], 16, center_crop=True)
-    (resized,) = data.load_images([r["file_name"] for r in rows], 16, center_crop=False)
-    assert cropped.shape == (3, 16, 16) and resized.shape == (3, 16, 32) and cropped.dtype == torch.uint8
-    pixels = data.to_pixels([resized], 16, False, True, torch.Generator().manual_seed(0))
+    files = [r["file_name"] for r in rows]
+    cropped, resized = pictures.load_pictures(files, 16, center_crop=True), pictures.load_pictures(files, 16, center_crop=False)
+    assert cropped.pixels[0].shape == (3, 16, 16) and resized.pixels[0].shape == (3, 16, 32)
+    assert cropped.pixels[0].dtype == torch.uint8
+    assert (cropped.targets, cropped.originals, cropped.crops) == ([(16, 16)], [(20, 40)], [(0, 8)])  # micro-conditioning
+    assert resized.crops == [pictures.RANDOM_CROP]  # drawn at every step
+    generator = torch.Generator().manual_seed(0)
+    pixels, corners = pictures.to_pixels(resized.pixels, resized.targets, resized.crops, True, [generator])
     assert pixels.shape == (1, 3, 16, 16) and pixels[0, 0].min() > 0.99 and pixels[0, 1].max() < -0.99
-    batch = data.collate([{"index": 0, "pixels": cropped}, {"index": 1, "pixels": cropped}])
+    assert 0 <= corners[0, 1] <= 16 and corners[0, 0] == 0
+    entry = cropped.entries()[0]
+    batch = data.collate([{"index": 0, "caption": "a", **entry}, {"index": 1, "caption": "b", **entry}])
     assert batch["pixels"].shape == (2, 3, 16, 16) and batch["index"].tolist() == [0, 1]
+    assert batch["caption"] == ["a", "b"] and batch["crop"].tolist() == [[0, 8], [0, 8]]
 
 
 def test_plots(tmp_path):

@@ -23,15 +23,16 @@ from sdkit.errors import SdkitError
 GROUPS: dict[str, str] = {
     "data": "Make datasets: `sdkit data shapes` writes the synthetic shapes world.",
     "train": "Fine-tune or train models with accelerate (checkpoints, exact resume, accelerate launch).",
-    "eval": "Score models: `sdkit eval shapes` measures prompt adherence on the shapes world.",
+    "eval": "Score models and images: shapes (the shapes world), clip-score, clip-directional, fid (and KID), sweep.",
 }
 # Commands that are not tasks: their one-line help (defined in sdkit.cli.commands).
 TOOLS: dict[str, str] = {
-    "info": "Print the recipe embedded in an image (YAML, usable with `sdkit generate --recipe`).",
-    "replay": "Regenerate an image from its embedded recipe (bit-exact on the same device and dtype).",
-    "schedulers": "List the samplers: A1111 name, diffusers class and arguments.",
+    "info": "Print the recipe an image was made with (sdkit, A1111, Forge, civitai or ComfyUI) as YAML for --recipe.",
+    "replay": "Regenerate an image from its recipe or A1111/ComfyUI settings (sdkit's own: bit-exact on the same device).",
+    "schedulers": "List the samplers: A1111 name, schedule types, diffusers class and options; and what is refused.",
     "run": "Run YAML recipe files: every job is validated before the first one runs; one model load per run.",
     "schema": "Print the JSON Schema of a task's recipe (for editor completion of recipe files).",
+    "models": "List the model library (checkpoints, loras, embeddings, vae, controlnet): family, size, hash, trigger words.",
     "serve": "Serve A1111's HTTP API, sdkit's job API and a web page (generate, progress, gallery, queue).",
 }
 

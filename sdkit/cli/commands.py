@@ -1,4 +1,4 @@
-"""info, replay, schedulers, run, schema, serve: the top-level commands that are not tasks (their help: sdkit.cli.TOOLS)."""
+"""info, replay, schedulers, run, schema, models, serve: the commands that are not tasks (their help: sdkit.cli.TOOLS)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,18 @@ app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdk
 
 @app.command("info", help=COMMANDS["info"][2])
 @guarded
-def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")]) -> None:
+def info(image: Annotated[Path, typer.Argument(help="An image written by sdkit, A1111, Forge, civitai or ComfyUI.")]) -> None:
     import yaml
 
+    from sdkit.infotext import image_text, import_image
+
+    if "sdkit" not in image_text(image):  # another generator's image: its settings, names as written in it
+        imported = import_image(image, resolver=lambda kind, name, short_hash: name or short_hash)
+        print(f"# {imported.source} of {image}; models, LoRAs and embeddings as named there (sdkit replay finds them)")
+        if imported.ignored:
+            print(f"# not reproduced by sdkit: {', '.join(imported.ignored)}")
+        print(yaml.safe_dump({"task": "generate", **imported.fields}, sort_keys=False), end="")
+        return
     record, _ = recorded(image, "info")
     model = record.get("model", {})
     print(f"# sdkit {record.get('sdkit')} {record.get('task')}; model {model.get('ref')} sha256 {model.get('sha256')}")
@@ -26,21 +35,43 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")])
 
 
 def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
-    """The sdkit record of a PNG and its recipe, validated as a GenerateRecipe (only generate writes recipes into
-    images): a malformed record in anyone's PNG is bad input (exit 2 naming the field), never a crash."""
+    """The sdkit record of an image and its recipe, validated as a GenerateRecipe (only generate writes recipes into
+    images): a malformed record in anyone's image is bad input (exit 2 naming the field), never a crash. An image
+    without sdkit's record (A1111, Forge, civitai, ComfyUI) gives the recipe its settings describe, found through
+    `sdkit.infotext` (what sdkit cannot reproduce is one warning line); its record is then empty."""
+    from sdkit.infotext import image_text, import_image
     from sdkit.outputs import read_recipe
+    from sdkit.progress import warn
     from sdkit.recipefile import validate
 
+    if "sdkit" not in image_text(image):
+        imported = import_image(image)
+        if imported.ignored:
+            warn(f"{image}: sdkit does not reproduce {', '.join(imported.ignored)}")
+        return {}, validate(GenerateRecipe, imported.fields, f"{image} ({imported.source})")
     record = read_recipe(image)
     if record.get("task") != "generate":
         raise UserError(f"{image} was made by task {record.get('task')!r}; sdkit {command} reads generate recipes only")
     return record, validate(GenerateRecipe, record["recipe"], f"{image} (sdkit metadata)")
 
 
+def from_png_fields(image: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """`sdkit generate --from-png IMAGE`: the recipe fields the image describes, for the flags given to override.
+    Fields the flags set are not looked up (a model given with -m need not exist under the image's name)."""
+    from sdkit.infotext import import_image, library_resolver
+    from sdkit.progress import warn
+
+    skip = frozenset(k for k, v in given.items() if v not in (None, [], ()))
+    imported = import_image(image, library_resolver(given.get("models_dir") or None), skip)
+    if imported.ignored:
+        warn(f"{image}: sdkit does not reproduce {', '.join(imported.ignored)}")
+    return imported.fields
+
+
 @app.command("replay", help=COMMANDS["replay"][2])
 @guarded
 def replay(
-    image: Annotated[Path, typer.Argument(help="A PNG written by sdkit.")],
+    image: Annotated[Path, typer.Argument(help="An image written by sdkit, A1111, Forge, civitai or ComfyUI.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (never the one recorded in the image).")] = Path("outputs"),
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Allow pickled weights (never taken from the image).")
@@ -83,21 +114,54 @@ def files_used(recipe: GenerateRecipe, model: Any) -> list[str]:
         lines.append(f"annotator weights from {where(recipe.annotators_dir)}")
     if recipe.tiny_vae:
         lines.append(f"tiny VAE {recipe.tiny_vae}")
+    if recipe.vae:
+        lines.append(f"VAE {recipe.vae}")
     return [f"uses {line}" for line in lines] + [f"writes into {where(recipe.out)}"]
 
 
 @app.command("schedulers", help=COMMANDS["schedulers"][2])
-def schedulers_command() -> None:
+@guarded
+def schedulers_command(
+    plot: Annotated[Optional[list[str]], typer.Option("--plot", help="Plot the sigma/timestep schedule of this sampler (repeatable) instead of listing.")] = None,  # noqa: UP045
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="With --plot: the number of steps.")] = 20,
+    model: Annotated[str, typer.Option("--model", "-m", help="With --plot: the model whose scheduler config the samplers are built on.")] = "shapes",
+    out: Annotated[Path, typer.Option("--out", "-o", help="With --plot: the PNG to write.")] = Path("schedule.png"),
+) -> None:
+    if plot:
+        print(plot_schedules(plot, steps, model, out))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from sdkit.schedulers import SCHEDULERS
+    from sdkit.schedulers import REFUSED, SAMPLERS, types_for
 
-    table = Table("name", "diffusers class", "arguments", "also", "note", box=None)
-    for spec in SCHEDULERS:
+    table = Table("sampler", "Automatic", "schedule types", "diffusers class", "arguments", "also", "note", box=None)
+    for spec in SAMPLERS:
         args = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs.items())
-        table.add_row(spec.name, spec.cls, args, ", ".join(spec.aliases), spec.note)
-    Console(file=sys.stdout, width=200).print(table)
+        automatic = spec.automatic or "model's own"
+        table.add_row(spec.name, automatic, ", ".join(t for t in types_for(spec) if t != "Automatic"), spec.cls, args,
+                      ", ".join(spec.aliases), spec.note)
+    console = Console(file=sys.stdout, width=240)
+    console.print(table)
+    console.print("Automatic on a zero-terminal-SNR model (the shapes model): the model's own schedule.")
+    console.print("Refused (diffusers cannot run them):")
+    for name, reason in REFUSED.items():
+        console.print(f"  {name}: {reason}")
+
+
+def plot_schedules(names: list[str], steps: int, model: str, out: Path) -> Path:
+    """`sdkit schedulers --plot`: the schedules the named samplers run at `steps` steps, built as sdkit builds them."""
+    from sdkit.outputs import confine
+    from sdkit.plots import schedule_of, schedule_plot, scheduler_config
+    from sdkit.schedulers import resolve
+
+    for name in names:
+        resolve(name)
+    confine(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the plot is a PNG; give a file name ending in .png")
+    ref, config = scheduler_config(model)
+    return schedule_plot(out, [schedule_of(name, config, steps) for name in names], ref.name)
 
 
 @app.command("run", help=COMMANDS["run"][2])
@@ -147,6 +211,40 @@ def schema_command(task: Annotated[Optional[str], typer.Argument(help="Task name
     tasks = [get_task(task)] if task else list(TASKS)
     schemas = {t.name: t.schema.model_json_schema() for t in tasks}
     print(json.dumps(schemas[task] if task else schemas, indent=2))
+
+
+@app.command("models", help=COMMANDS["models"][2])
+@guarded
+def models_command(
+    kind: Annotated[Optional[str], typer.Argument(help="checkpoints, loras, embeddings, vae or controlnet (default: all).")] = None,  # noqa: UP045
+    models_dir: Annotated[Optional[list[Path]], typer.Option("--models-dir", help="Library folder (repeatable); default: $SDKIT_MODELS, else models_dir in ~/.config/sdkit/config.yaml.")] = None,  # noqa: UP045
+    hashes: Annotated[bool, typer.Option("--hash/--no-hash", help="Show each file's short hash (read once, then cached).")] = True,
+) -> None:
+    """One table per kind on stdout: NAME (what -m/--lora/... take), FAMILY, SIZE, HASH (A1111's short hash) and, for
+    LoRAs, trigger words. The folders read are named on stderr."""
+    from sdkit import library
+    from sdkit.model_info import human_size, row
+
+    kinds = [kind] if kind else list(library.KINDS)
+    if kind is not None and kind not in library.KINDS:
+        raise UserError(f"unknown kind {kind!r}: use one of {', '.join(library.KINDS)}")
+    roots = library.roots(models_dir)
+    if not roots:
+        raise UserError("no model library is set: give --models-dir DIR, or set $SDKIT_MODELS or models_dir in "
+                        "~/.config/sdkit/config.yaml")  # fmt: skip
+    for root in roots:
+        print(f"library {root.path} ({root.layout} layout)", file=sys.stderr)
+    memo: dict = {}
+    for name in kinds:
+        rows = [row(entry, with_hash=hashes, memo=memo) for entry in library.entries(name, models_dir)]
+        print(f"{name} ({len(rows)})")
+        if not rows:
+            continue
+        table = [("NAME", "FAMILY", "SIZE", "HASH", "TRIGGER WORDS" if name == "loras" else "")]
+        table += [(r.name, r.family, human_size(r.size), r.short_hash, r.triggers) for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(5)]
+        for line in table:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
 
 
 @app.command("serve", help=COMMANDS["serve"][2])

@@ -50,3 +50,19 @@ def caption(shape: str, color: str, background: str, pattern: str = "solid") -> 
 def vocabulary_words() -> list[str]:
     """Every word a caption can contain (and the concept words "sks", "shape"), sorted."""
     return sorted({"a", "an", "on", "background", GENERIC_NOUN, "striped", CONCEPT_TOKEN, *SHAPES, *COLOR_NAMES})
+
+
+def parse_caption(text: str) -> dict[str, str] | None:
+    """The scene a caption describes ({"shape", "color", "background", "pattern"}), for captions `caption()` writes
+    ("a red circle on a blue background", "an orange striped star on a white background"); None for any other text."""
+    words = text.strip().lower().split()
+    if len(words) not in (7, 8) or words[0] != _article(words[1]) or words[-1] != "background" or words[-4] != "on":
+        return None
+    color, *middle, shape = words[1:-4]
+    background = words[-2]
+    pattern = "striped" if middle == ["striped"] else "solid"
+    if middle not in ([], ["striped"]) or color not in COLORS or background not in COLORS or shape not in SHAPES:
+        return None
+    if words[-3] != _article(background):
+        return None
+    return {"shape": shape, "color": color, "background": background, "pattern": pattern}

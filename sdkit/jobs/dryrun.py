@@ -34,8 +34,10 @@ def dry_run(jobs: list[Job]) -> None:
             from sdkit.conditioning import resolve_controlnet
             from sdkit.tasks.generate import check
 
-            model, _ = check(recipe)
+            model, inputs = check(recipe)
             hub = [("model", model.location)] if model.kind == "hub" else []
+            if inputs.refs.vae is not None and inputs.refs.vae.kind == "hub":
+                hub.append(("VAE", inputs.refs.vae.location))
             hub += [("ControlNet", resolve_controlnet(ref)) for c in recipe.control if (ref := recipe.controlnet_for(c))]
         else:
             check_input_paths(job, recipe, produced)

@@ -32,17 +32,25 @@ def _split(value: str, cast) -> tuple[str, Any]:
 
 
 class LoraRef(Schema):
-    """A LoRA file and its weight; written `PATH[:WEIGHT]` on the command line."""
+    """A LoRA file (or library name) and its weight; written `PATH[:WEIGHT[:UNET_WEIGHT]]` on the command line."""
 
-    path: Path = Field(description="LoRA .safetensors file (diffusers/peft, kohya or A1111 format).")
-    weight: float = Field(1.0, ge=-10, le=10, description="Adapter weight (scale).")
+    path: Path = Field(description="LoRA .safetensors file (diffusers/peft, kohya or A1111 format), or a library name.")
+    weight: float = Field(1.0, ge=-10, le=10, description="Adapter weight (scale); with unet_weight: the text encoders' weight.")
+    unet_weight: float | None = Field(
+        None, ge=-10, le=10, description="The UNet's weight when it differs from the text encoders' (A1111's <lora:NAME:TE:UNET>)."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
             path, weight = _split(value, float)
-            return {"path": path} if weight is None else {"path": path, "weight": weight}
+            if weight is None:
+                return {"path": path}
+            head, first = _split(path, float)
+            if first is not None:  # PATH:TE:UNET
+                return {"path": head, "weight": first, "unet_weight": weight}
+            return {"path": path, "weight": weight}
         return value
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sdkit.schema.adapters import token_problem
 from sdkit.schema.base import Schema, cli
-from sdkit.schema.train import CaptionedImages, DenoisingLoss, TrainCommon, TrainingImages
+from sdkit.schema.train import CaptionedImages, DenoisingLoss, TextEmbeddings, TrainCommon, TrainingImages
 
 UNET_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -27,7 +27,7 @@ class FinetuneCommon(TrainingImages, DenoisingLoss, TrainCommon):
 
     model: str = Field(
         "shapes",
-        description="Pipeline to fine-tune (SD 1.x/2.x): a diffusers folder, .safetensors checkpoint, hub id or alias.",
+        description="Pipeline to fine-tune (SD 1.x/2.x or SDXL): a diffusers folder, .safetensors checkpoint, hub id or alias.",
         json_schema_extra=cli("-m"),
     )
 
@@ -76,10 +76,10 @@ class TrainLoraRecipe(CaptionedImages, LoraFields, FinetuneCommon):
         0.0, ge=0, le=1, description="Probability of training on the empty caption, so the adapter also learns the "
         "unconditional prediction that classifier-free guidance subtracts.",
     )
-    train_text_encoder: bool = Field(False, description="Also train a LoRA on the text encoder.")
+    train_text_encoder: bool = Field(False, description="Also train a LoRA on the text encoder (SDXL: on both).")
 
 
-class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
+class TrainDreamBoothRecipe(TextEmbeddings, LoraFields, FinetuneCommon):
     """`sdkit train dreambooth`: teach a subject from a few images (full fine-tune, or a LoRA with lora: true)."""
 
     task: Literal["train-dreambooth"] = Field(
@@ -117,7 +117,7 @@ class TrainDreamBoothRecipe(LoraFields, FinetuneCommon):
     class_batch_size: int = Field(4, ge=1, description="Class images generated per forward pass.")
     lora: bool = Field(False, description="Train a LoRA (saved as LoRA files) instead of fine-tuning the whole UNet (saved as a pipeline).")
     train_text_encoder: bool = Field(
-        False, description="Also train the text encoder (fully; with lora: a text-encoder LoRA)."
+        False, description="Also train the text encoder(s) (SDXL: both; fully, or with lora a text-encoder LoRA)."
     )
     max_steps: int = Field(400, ge=1, description="Optimiser steps to train (each uses batch × accumulation × processes images).")
     train_batch_size: int = Field(1, ge=1, description="Instance images per process per micro-batch (as many class images join them).")
@@ -148,8 +148,8 @@ class TrainTextualInversionRecipe(FinetuneCommon):
         "train-textual-inversion", description="Task name in YAML job lists.", json_schema_extra=cli(hidden=True)
     )
     data_dir: Path = Field(
-        description="Images of the concept: an imagefolder whose captions contain the token, or a plain folder of "
-        "images (captioned from caption_templates).",
+        description="Images of the concept: captioned images whose captions contain the token (an imagefolder, kohya "
+        "folders or .txt captions), or a plain folder of images (captioned from caption_templates).",
         json_schema_extra=cli("-d", "--data"),
     )
     token: str = Field(description='The new token, e.g. "<my-thing>" (must not be in the vocabulary yet).', min_length=1)

@@ -7,7 +7,7 @@ image is one that `--seed` accepts and `sdkit replay` reruns; `--seed -1` means 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -34,14 +34,44 @@ class GenerateRecipe(Speed, Placement):
 
     prompt: str = Field("", description="What to draw.", json_schema_extra=cli(argument=True))
     negative: str = Field("", description="What to avoid (negative prompt).")
+    prompt_syntax: Literal["a1111", "plain"] = Field(
+        "a1111",
+        description="a1111: (word:1.3), (word), [word], BREAK and prompts of any length read as A1111 reads them; "
+        "plain: the text as written (still in 75-token chunks).",
+    )
     model: str = Field(
         "shapes",
-        description="A diffusers folder, a .safetensors checkpoint, a hub id (org/name) or an alias "
-        "(shapes, sd15, sd21, sdxl, sd-turbo, sdxl-turbo).",
+        description="A diffusers folder, a .safetensors checkpoint, a name or short hash in the model library, a hub "
+        "id (org/name) or an alias (shapes, sd15, sd21, sdxl, sd-turbo, sdxl-turbo).",
         json_schema_extra=cli("-m"),
     )
+    config: str | None = Field(
+        None,
+        description="Single-file checkpoints: the configs to load it with: a diffusers folder, a family (sd1, "
+        "sd1-inpaint, sd2, sd2-v, sd2-inpaint, sdxl, sdxl-inpaint, shapes) or an original .yaml. Default: detected "
+        "from the keys.",
+    )
+    vae: str | None = Field(
+        None,
+        description="Replace the model's VAE: a diffusers folder, a single-file VAE, a library name or hash, an alias "
+        "(sd-vae-ft-mse, sdxl-vae-fp16-fix, ...) or a hub id.",
+    )
+    models_dir: list[Path] = Field(
+        [],
+        description="Model library folder (checkpoints/ loras/ embeddings/ vae/ controlnet/, or an A1111 or ComfyUI "
+        "installation); repeatable. Default: $SDKIT_MODELS, else models_dir in ~/.config/sdkit/config.yaml.",
+    )
     scheduler: str = Field(
-        "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...) or diffusers class; see `sdkit schedulers`.'
+        "DPM++ 2M", description='Sampler by A1111 name ("Euler a", "DPM++ 2M Karras", ...), ComfyUI name or diffusers class; see `sdkit schedulers`.'
+    )
+    schedule_type: str = Field(
+        "automatic",
+        description="automatic (the sampler's A1111 default: Karras for DPM++ 2M, ...) | uniform | karras | exponential | "
+        "sgm-uniform | simple | normal | ddim | beta (ComfyUI names too); see `sdkit schedulers`.",
+    )
+    clip_skip: int = Field(
+        1, ge=1, le=12, description="A1111's clip skip: 1 = the text encoder's last layer, 2 = the one before (SD 1.x; "
+        "A1111 ignores it for SD 2.x and SDXL, and so does sdkit)."
     )
     steps: int = Field(20, ge=1, le=1000, description="Denoising steps.")
     cfg: float = Field(7.0, ge=0, le=100, description="Classifier-free guidance scale (CFG scale); 1 disables guidance.")
@@ -66,10 +96,12 @@ class GenerateRecipe(Speed, Placement):
     mask: Path | None = Field(None, description="Inpaint mask (white = repaint), the same size as the init image.")
     out: Path = Field(Path("outputs"), description="Output folder; files are numbered 00001-<seed>.png and never overwritten.", json_schema_extra=cli("-o"))
     lora: list[LoraRef] = Field(
-        [], description="LoRA file as PATH[:WEIGHT] (diffusers, kohya or A1111 format); repeat for several adapters."
+        [], description="LoRA as PATH|NAME[:WEIGHT[:UNET_WEIGHT]] (diffusers, kohya or A1111 format; NAME from the "
+        "model library); repeat for several adapters. <lora:NAME:WEIGHT> in the prompt does the same."
     )
     embedding: list[EmbeddingRef] = Field(
-        [], description="Textual-inversion embedding as PATH[:TOKEN] (diffusers or A1111 format); repeatable."
+        [], description="Textual-inversion embedding as PATH|NAME[:TOKEN] (diffusers or A1111 format); repeatable. "
+        "Library embeddings also apply when their name is a word of the prompt, as in A1111."
     )
     control: list[ControlRef] = Field(
         [],
@@ -82,6 +114,14 @@ class GenerateRecipe(Speed, Placement):
     control_preprocessed: bool = Field(False, description="Every --control image is already a control map.")
     annotators_dir: Path | None = Field(
         None, description="Local folder of preprocessor weights (lllyasviel/Annotators layout); default: the hub."
+    )
+    refiner: str | None = Field(
+        None,
+        description="SDXL refiner (folder, file, hub id) that finishes the last part of the denoising from the base "
+        "model's latents (diffusers' denoising_end / denoising_start); txt2img only.",
+    )
+    refiner_switch: float = Field(
+        0.8, gt=0, lt=1, description="With --refiner: the share of the schedule the base model denoises before the hand-off."
     )
     fuse_lora: bool = Field(False, description="Fuse the LoRAs into the weights (faster sampling; same image up to float error).")
     allow_pickle: bool = Field(

@@ -109,9 +109,22 @@ class DenoisingLoss(TimestepBias):
 
 
 class TrainingImages(Schema):
-    """How training images become tensors: size, crop, flip, and latents cached once."""
+    """How training images become tensors: size, aspect-ratio buckets, crop, flip, and latents cached once."""
 
-    resolution: int | None = Field(None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size).")
+    resolution: int | None = Field(
+        None, ge=8, description="Training size in px, a multiple of 8 (None: the model's native size); with buckets, "
+        "the pixel budget is resolution².",
+    )
+    buckets: bool | None = Field(
+        None,
+        description="Aspect-ratio buckets (kohya's): each image trains in the bucket nearest its shape within "
+        "resolution² px, cropped as little as possible, every batch from one bucket. None: on when any image is not "
+        "square; false: a resolution² square (centre or random crop).",
+    )
+    bucket_step: int | None = Field(
+        None, ge=4, description="Bucket sides are multiples of this (None: 64 px for models made at 512 px or more, as "
+        "kohya; else the VAE factor x the UNet's downsampling, e.g. 16 for the shapes models).",
+    )
     center_crop: bool = Field(
         True, description="Resize the shorter side to the resolution and crop the centre (False: a random crop per step)."
     )
@@ -126,17 +139,46 @@ class TrainingImages(Schema):
             raise ValueError(f"resolution must be a multiple of 8 (got {self.resolution})")
         if self.cache_latents and (self.random_flip or not self.center_crop):
             raise ValueError("cache_latents needs center_crop true and random_flip false")
+        if self.bucket_step is not None and self.buckets is False:
+            raise ValueError("bucket_step applies only with buckets")
         return self
 
 
-class CaptionedImages(Schema):
-    """A dataset of captioned images: a Hugging Face imagefolder (images plus metadata.jsonl)."""
+class TextEmbeddings(Schema):
+    """Caching the frozen text encoders' output (SDXL's encoders are large)."""
+
+    cache_text_embeddings: bool = Field(
+        False,
+        description="Encode every caption once with the frozen text encoder(s) and keep the result (kohya's "
+        "cache_text_encoder_outputs); needs frozen text encoders and no shuffle_caption.",
+    )
+
+    @model_validator(mode="after")
+    def _check_text_cache(self) -> TextEmbeddings:
+        if self.cache_text_embeddings and getattr(self, "train_text_encoder", False):
+            raise ValueError("cache_text_embeddings needs frozen text encoders: drop train_text_encoder")
+        if self.cache_text_embeddings and getattr(self, "shuffle_caption", False):
+            raise ValueError("cache_text_embeddings cannot keep shuffled captions: drop shuffle_caption")
+        return self
+
+
+class CaptionedImages(TextEmbeddings):
+    """A dataset of captioned images: a Hugging Face imagefolder, kohya's N_name/ folders or a plain folder of images
+    with .txt captions (`sdkit.training.datasets`), with kohya's caption options."""
 
     data_dir: Path = Field(
-        description="Hugging Face imagefolder: images plus metadata.jsonl with file_name and a caption column.",
+        description="Images with captions: a Hugging Face imagefolder (metadata.jsonl), kohya folders (N_name/, N = "
+        "repeats, captions in image.txt / image.caption) or a folder of images with .txt captions.",
         json_schema_extra=cli("-d", "--data"),
     )
     caption_column: str = Field("text", description="metadata.jsonl column holding the caption.")
+    caption_extension: str | None = Field(
+        None, pattern=r"^\.[\w.-]+$", description="Caption files' extension (None: .txt, else .caption)."
+    )
+    shuffle_caption: bool = Field(
+        False, description="kohya's shuffle_caption: shuffle the comma-separated pieces of each caption at every step."
+    )
+    keep_tokens: int = Field(0, ge=0, description="With shuffle_caption: keep the first N comma-separated pieces in place.")
     max_train_samples: int | None = Field(None, ge=1, description="Use only the first N rows of the dataset.")
 
 
@@ -179,6 +221,12 @@ class TrainTextToImageRecipe(CaptionedImages, TrainingImages, DenoisingLoss, Tra
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Target of the UNet (None: keep the model's scheduler setting). Saved into the scheduler config."
     )
+    init_from: str | None = Field(
+        None,
+        description="preset only: start from this model's weights wherever a module's tensor names and shapes match "
+        "(the VAE whole, with its scaling factor); the rest keeps the preset's random initialisation, and added "
+        "SDXL conditioning (add_embedding) starts at zero output.",
+    )
     rescale_betas_zero_snr: bool | None = Field(
         None,
         description="Rescale the noise schedule to zero terminal SNR (needs v_prediction; sampling then uses trailing "
@@ -187,7 +235,7 @@ class TrainTextToImageRecipe(CaptionedImages, TrainingImages, DenoisingLoss, Tra
     snr_gamma: float | None = Field(
         5.0, gt=0, description="Min-SNR loss weighting gamma (diffusers compute_snr); None: plain MSE."
     )
-    train_text_encoder: bool = Field(False, description="unet stage: also train the text encoder.")
+    train_text_encoder: bool = Field(False, description="unet stage: also train the text encoder (SDXL: both).")
     kl_weight: float = Field(1e-6, ge=0, description="vae stage: weight of the KL term beside the reconstruction MSE.")
     train_vae_encoder: bool = Field(
         True,
@@ -199,6 +247,8 @@ class TrainTextToImageRecipe(CaptionedImages, TrainingImages, DenoisingLoss, Tra
     def _check(self) -> TrainTextToImageRecipe:
         if (self.model is None) == (self.preset is None):
             raise ValueError("give exactly one of model (a pipeline to fine-tune) or preset (train from scratch)")
+        if self.init_from is not None and self.preset is None:
+            raise ValueError("init_from only applies with preset (a fine-tuned model starts from its own weights)")
         if self.vocabulary is not None and self.preset is None:
             raise ValueError("vocabulary only applies with preset (a fine-tuned model keeps its tokenizer)")
         if self.add_words is not None:

@@ -47,15 +47,15 @@ class BoundedCache(PipelineCache):
         self.sizes: dict[tuple, int] = {}
         self.dropped = 0
 
-    def get(self, model, placement, *, allow_pickle: bool = False, speed=None):
-        key = self.key(model, placement, allow_pickle=allow_pickle, speed=speed)
+    def get(self, model, placement, *, allow_pickle: bool = False, speed=None, vae=None):
+        key = self.key(model, placement, allow_pickle=allow_pickle, speed=speed, vae=vae)
         if key in self.entries:
             self.entries[key] = self.entries.pop(key)  # most recently used last
             return self.entries[key]
         need = weight_bytes(Path(model.location))
         while self.entries and (len(self.entries) >= self.max_models or self._over(need)):
             self._drop(next(iter(self.entries)))
-        loaded = super().get(model, placement, allow_pickle=allow_pickle, speed=speed)
+        loaded = super().get(model, placement, allow_pickle=allow_pickle, speed=speed, vae=vae)
         self.sizes[key] = loaded_bytes(loaded.pipe) or need
         return loaded
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import conditioning, device, fast, schedulers
-from sdkit.adapters import adapters_applied, check_file
+from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, refiner, schedulers
+from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import check_same_size, load_image
 from sdkit.models import ModelRef, resolve_component, resolve_model
-from sdkit.outputs import check_output_dir, infotext, write_beside, write_png
+from sdkit.outputs import check_output_dir, write_beside, write_png
 from sdkit.pipelines import PipelineCache
 from sdkit.progress import bar, warn
 from sdkit.schema.generate import SEED_RANGE, GenerateRecipe, image_seed
@@ -41,34 +42,38 @@ class Result:
 class Inputs:
     init: Image.Image | None
     mask: Image.Image | None
+    refs: adapter_refs.Refs  # LoRAs, embeddings and the VAE, resolved; the prompt text the encoder reads
 
 
 def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
     """Everything that can be checked without loading weights; raises UserError. Writes nothing."""
     check_output_dir(recipe.out)
-    schedulers.resolve(recipe.scheduler)
+    schedulers.resolve(recipe.scheduler, recipe.schedule_type)
+    if recipe.prompt_syntax == "a1111":
+        prompts.check(recipe.prompt, "prompt")
+        prompts.check(recipe.negative, "negative prompt")
     init = load_image(recipe.init_image, "init image") if recipe.init_image else None
     mask = load_image(recipe.mask, "mask", mode="L") if recipe.mask else None
     if init is not None and mask is not None:
         check_same_size(init, mask)
-    for lora in recipe.lora:
-        check_file(lora.path, "--lora", recipe.allow_pickle)
-    for emb in recipe.embedding:
-        check_file(emb.path, "--embedding", recipe.allow_pickle)
+    refs = adapter_refs.resolve(recipe)
     conditioning.check_control_inputs(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
-    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle)
-    return model, Inputs(init, mask)
+    refiner.check(recipe)
+    model = resolve_model(recipe.model, allow_pickle=recipe.allow_pickle, config=recipe.config, models_dirs=recipe.models_dir)
+    return model, Inputs(init, mask, refs)
 
 
 def run(
     recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None,
-    on_step: Callable[[Any, int, Any], None] | None = None,
+    advance: Callable[[int], None] | None = None, on_step: Callable[[Any, int, Any], None] | None = None,
 ) -> list[Result]:
     """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run).
 
-    `on_step(pipe, step, latents)` runs after each denoising step (the server's progress, preview and interrupt)."""
+    `advance`: run inside another task's loop (eval sweep), which shows the progress (`advance(steps)`) and reports
+    the paths: no bar of its own, nothing printed. `on_step(pipe, step, latents)` runs after each denoising step (the
+    server's progress, preview and interrupt)."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
@@ -78,36 +83,45 @@ def run(
 
     # 2. load the pipeline (once per run); img2img and inpaint share its modules through from_pipe
     cache = cache if cache is not None else PipelineCache()
-    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe)
+    refs = inputs.refs
+    loaded = cache.get(model, placement, allow_pickle=recipe.allow_pickle, speed=recipe, vae=refs.vae)
     base = loaded.pipe
+    check_inpainting_model(base, recipe, model)
     width, height = output_size(recipe, base, inputs.init)
-    with adapters_applied(base, recipe.lora, recipe.embedding, fuse=recipe.fuse_lora):
+    with adapters_applied(base, list(refs.loras), list(refs.embeddings), fuse=recipe.fuse_lora):
         # 3. ControlNets (loaded once per run) and their control maps at the output size
         controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
         pipe.set_progress_bar_config(disable=True)
 
-        # 4. the sampler, built from the model's own scheduler config
-        pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
+        # 4. the sampler and its schedule, built from the model's own scheduler config
+        pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config, recipe.schedule_type)
+        choice = schedulers.resolve(recipe.scheduler, recipe.schedule_type)
+        schedule = schedulers.written_schedule(choice, loaded.scheduler_config)
 
-        # 5. prompts and call arguments
-        warn_truncated(pipe, recipe.prompt, "prompt")
-        warn_truncated(pipe, recipe.negative, "negative prompt")
+        # 5. prompts (A1111's prompt language, encoded once for the run; LoRA tags already taken out) and call arguments
+        if recipe.clip_skip > 1 and prompts.clip_skip_ignored(pipe):
+            warn(f"--clip-skip {recipe.clip_skip} is ignored for SD 2.x and SDXL models, as A1111 ignores it")
         call = call_kwargs(recipe, width, height, inputs)
+        call.update(prompts.encode(pipe, refs.prompt, refs.negative, syntax=recipe.prompt_syntax, clip_skip=recipe.clip_skip))
         if controls:
             call.update(conditioning.call_kwargs(controls, recipe.mode))
-        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height}
+        units = [infotext.controlnet_unit(ref, c.location) for ref, c in zip(recipe.control, controls, strict=True)]
+        fixed = {"num_images": 1, "model": model.location, "width": width, "height": height, **resolved_files(recipe, refs)}
+        pipe = refiner.handoff(pipe, recipe, cache, placement, refs)  # an SDXL refiner takes over at refiner_switch
 
         # 6. denoise and decode one image per seed, writing each as soon as it is done
         results = []
         steps = effective_steps(recipe)
-        with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) as advance:
+        with bar(f"{recipe.mode} {width}x{height}", steps * len(todo)) if advance is None else nullcontext(advance) as step:
             for k, index in todo:
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
-                image = denoise(pipe, call, seed_k, placement, advance, on_step)
-                path = write_png(Path(recipe.out), str(seed_k), image, metadata(image_recipe, model, width, height), index)
-                print(path, flush=True)
+                image = denoise(pipe, call, seed_k, placement, step, on_step)
+                text = metadata(image_recipe, model, (width, height), schedule, units, refs)
+                path = write_png(Path(recipe.out), str(seed_k), image, text, index)
+                if advance is None:
+                    print(path, flush=True)
                 results.append(Result(path, seed_k, image, image_recipe))
                 if k == 0:
                     for i, control in enumerate(controls):
@@ -147,19 +161,8 @@ def effective_steps(recipe: GenerateRecipe) -> int:
     return max(1, min(recipe.steps, int(recipe.steps * recipe.strength)))
 
 
-def warn_truncated(pipe, text: str, what: str) -> None:
-    if not text:
-        return
-    limit = pipe.tokenizer.model_max_length
-    count = len(pipe.tokenizer(text, truncation=False).input_ids)
-    if count > limit:
-        warn(f"{what} is {count} tokens; the text encoder reads {limit}: the last {count - limit} tokens are dropped")
-
-
 def call_kwargs(recipe: GenerateRecipe, width: int, height: int, inputs: Inputs) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "prompt": recipe.prompt,
-        "negative_prompt": recipe.negative or None,
         "num_inference_steps": recipe.steps,
         "guidance_scale": recipe.cfg,
         "output_type": "np",
@@ -199,26 +202,35 @@ def nan_message(placement, where: str) -> str:
     return f"the {where} contain NaN (dtype {placement.dtype_name}): nothing was saved for this image; {hint}"
 
 
-def metadata(recipe: GenerateRecipe, model: ModelRef, width: int, height: int) -> dict[str, str]:
-    """PNG text chunks: A1111 `parameters` infotext and the resolved recipe as `sdkit` JSON."""
+def check_inpainting_model(pipe, recipe: GenerateRecipe, model: ModelRef) -> None:
+    """An inpainting model (a 9-channel UNet: latents, mask, masked image) paints only with an image and a mask."""
+    if pipe.unet.config.in_channels == 9 and recipe.mode != "inpaint":
+        raise UserError(f"{model.ref} is an inpainting model (9-channel UNet): give --init-image and --mask, or use its "
+                        "txt2img sibling")  # fmt: skip
+
+
+def resolved_files(recipe: GenerateRecipe, refs: adapter_refs.Refs) -> dict[str, Any]:
+    """The recipe's --lora, --embedding and --vae as the files they resolved to (names looked up in the library):
+    what each image's recipe records. `<lora:...>` tags stay in the prompt, as A1111 records them."""
+    out: dict[str, Any] = {"lora": list(refs.loras[: len(recipe.lora)]), "embedding": list(refs.embeddings[: len(recipe.embedding)])}
+    if refs.vae is not None:
+        out["vae"] = refs.vae.location
+    return out
+
+
+def metadata(recipe: GenerateRecipe, model: ModelRef, size: tuple[int, int], schedule: str, units: list[str],
+             refs: adapter_refs.Refs | None = None) -> dict[str, str]:  # fmt: skip
+    """PNG text chunks: A1111 `parameters` infotext (`sdkit.infotext`) and the resolved recipe as `sdkit` JSON."""
     from sdkit.version import __version__
 
-    fields = {
-        "Steps": recipe.steps,
-        "Sampler": schedulers.resolve(recipe.scheduler).name,
-        "CFG scale": recipe.cfg,
-        "Seed": recipe.seed,
-        "Size": f"{width}x{height}",
-        "Model hash": model.sha256[:10] if model.sha256 else None,
-        "Model": model.name,
-        "Denoising strength": recipe.strength if recipe.mode != "txt2img" else None,
-        "Version": f"sdkit {__version__}",
-    }
     record = {
         "sdkit": __version__,
         "task": "generate",
         "recipe": recipe.model_dump(mode="json"),
         "model": {"ref": model.ref, "kind": model.kind, "location": model.location, "sha256": model.sha256},
-        "size": [width, height],
+        "size": list(size),
     }
-    return {"parameters": infotext(recipe.prompt, recipe.negative, fields), "sdkit": json.dumps(record)}
+    if refs is not None and refs.vae is not None:
+        record["vae"] = {"ref": refs.vae.ref, "kind": refs.vae.kind, "location": refs.vae.location, "sha256": refs.vae.sha256}
+    extra = refiner.infotext_fields(recipe)
+    return {"parameters": infotext.parameters(recipe, model, size, schedule, units, refs, extra), "sdkit": json.dumps(record)}

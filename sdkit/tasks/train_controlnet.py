@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from sdkit.errors import UserError
@@ -58,54 +57,57 @@ class ControlNetTrainer(Trainer):
         self.base = resolve_model(recipe.model, hash_local=True)
 
     def load(self, s: Session):
-        return load_sd_pipeline(self.recipe, self.base)
+        return load_sd_pipeline(self.recipe, self.base, sdxl=False)
 
     def prepare(self, s: Session):
         from sdkit.training import data
         from sdkit.training.diffusion import denoising_loss
         from sdkit.training.finetune import noise_scheduler_of
         from sdkit.training.loop import TrainingSpec
+        from sdkit.training.pictures import encode_pictures, to_pixels
 
         recipe, pipe = self.recipe, s.pipe
 
         # 1. the ControlNet to train; the whole pipeline frozen, as cast copies
         factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         self.controlnet = controlnet = _controlnet(recipe, pipe.unet, factor)
-        frozen = SimpleNamespace(vae=s.frozen("vae"), unet=s.frozen("unet"), text_encoder=s.frozen("text_encoder"))
+        frozen = s.stand_ins()
         controlnet.requires_grad_(True)
         controlnet.train()
 
-        # 2. data: decoded once (image and control map cropped alike), tokenised, latents optionally cached
+        # 2. data: decoded once (image and control map sized and cropped alike: squares or the same bucket), latents
+        # optionally cached
         captions = [row[recipe.caption_column] for row in self.rows]
-        images = data.load_images([row[self.columns[0]] for row in self.rows], s.resolution, recipe.center_crop)
-        maps = data.load_images([row[self.columns[1]] for row in self.rows], s.resolution, recipe.center_crop)
-        latent_dist = None
-        if recipe.cache_latents:
-            latent_dist = data.encode_latents(frozen.vae, images, recipe.train_batch_size, s.device, s.dtype)
-        dataset = ConditionedImages(data.tokenize(pipe.tokenizer, captions), maps, images, latent_dist)
+        pictures = s.pictures([row[self.columns[0]] for row in self.rows])
+        maps = s.pictures([row[self.columns[1]] for row in self.rows])
+        latents = encode_pictures(frozen.vae, pictures, recipe.train_batch_size, s.device, s.dtype) if recipe.cache_latents else None
+        entries = [{**entry, "conditioning": control} for entry, control in zip(pictures.entries(latents), maps.pixels, strict=True)]
+        dataset = data.CaptionedImages(captions, entries)
 
         # 3. the shared denoising loss, the control map as the extra input and the ControlNet's residuals added to
         # the frozen UNet's blocks (diffusers' train_controlnet)
-        def control_map(batch, generator):
-            control = data.to_pixels(batch["conditioning"], s.resolution, recipe.center_crop, recipe.random_flip,
-                                     generator, s.device)  # fmt: skip
+        def control_map(batch, generators):
+            control, _ = to_pixels(batch["conditioning"], batch["target_size"], batch["crop"], recipe.random_flip,
+                                   generators, s.device)  # fmt: skip
             return control.add(1).div(2).to(s.dtype)  # [0, 1], as the ControlNet pipelines feed it
 
-        def predict(models, noisy, timesteps, hidden, control):
-            down, mid = models["controlnet"](noisy, timesteps, encoder_hidden_states=hidden, controlnet_cond=control,
+        def predict(models, noisy, timesteps, cond, control):
+            down, mid = models["controlnet"](noisy, timesteps, encoder_hidden_states=cond.hidden, controlnet_cond=control,
                                              return_dict=False)  # fmt: skip
             dtype = frozen.unet.dtype
             return frozen.unet(
-                noisy.to(dtype), timesteps, encoder_hidden_states=hidden, down_block_additional_residuals=[r.to(dtype) for r in down],
-                mid_block_additional_residual=mid.to(dtype), return_dict=False,
+                noisy.to(dtype), timesteps, encoder_hidden_states=cond.hidden.to(dtype),
+                down_block_additional_residuals=[r.to(dtype) for r in down], mid_block_additional_residual=mid.to(dtype),
+                return_dict=False,
             )[0]  # fmt: skip
 
-        loss_fn = denoising_loss(recipe, frozen, noise_scheduler_of(pipe), s.resolution, s.device,
-                                 empty_ids=data.tokenize(pipe.tokenizer, [""])[0], caption_dropout=recipe.caption_dropout,
-                                 condition=control_map, predict=predict)  # fmt: skip
+        text = s.text(frozen, caption_dropout=recipe.caption_dropout, captions=captions)
+        loss_fn = denoising_loss(recipe, frozen, noise_scheduler_of(pipe), s.device, text=text, condition=control_map,
+                                 predict=predict)  # fmt: skip
         return TrainingSpec(
-            modules={"controlnet": controlnet}, dataset=dataset, loss_fn=loss_fn,
-            validate=_validator(s, controlnet, captions, maps), info={"task": recipe.task, "control_type": recipe.control_type},
+            modules={"controlnet": controlnet}, dataset=dataset, loss_fn=loss_fn, batch_sampler=s.batches(pictures),
+            validate=_validator(s, controlnet, captions, maps.pixels),
+            info={"task": recipe.task, "control_type": recipe.control_type},
         )  # fmt: skip
 
     def save(self, s: Session, stage: Path) -> None:
@@ -117,24 +119,6 @@ class ControlNetTrainer(Trainer):
         info = {"control_type": self.recipe.control_type, "base_model": self.recipe.model, "base_sha256": self.base.sha256,
                 "resolution": s.resolution}  # fmt: skip
         (stage / "control.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-class ConditionedImages:
-    """Map-style dataset over in-memory tensors: {"index", "input_ids", "conditioning", "pixels" | "latent_dist"}."""
-
-    def __init__(self, input_ids, conditioning, pixels, latent_dist=None):
-        self.input_ids, self.conditioning, self.pixels, self.latent_dist = input_ids, conditioning, pixels, latent_dist
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"index": index, "input_ids": self.input_ids[index], "conditioning": self.conditioning[index]}
-        if self.latent_dist is not None:
-            item["latent_dist"] = self.latent_dist[index]
-        else:
-            item["pixels"] = self.pixels[index]
-        return item
 
 
 def _check_pairs(rows: list[dict[str, Any]], columns: tuple[str, str]) -> None:
@@ -196,7 +180,8 @@ def _validator(s: Session, controlnet, captions, maps):
     maps_given = recipe.validation_conditioning
     pairs = [(p, _open_map(maps_given[min(i, len(maps_given) - 1)], size)) for i, p in enumerate(recipe.validation_prompts)]
     for i in range(min(recipe.validation_from_data, len(captions))):
-        pairs.append((captions[i], Image.fromarray(maps[i].permute(1, 2, 0).numpy())))
+        control = Image.fromarray(maps[i].permute(1, 2, 0).numpy())
+        pairs.append((captions[i], control.resize((size, size)) if control.size != (size, size) else control))
     rows = [GridRow(prompt, {"image": control, "height": size, "width": size}, [("control", control)])
             for prompt, control in pairs]  # fmt: skip
 
@@ -213,6 +198,6 @@ def _validator(s: Session, controlnet, captions, maps):
 
 
 def _open_map(path: Path, resolution: int):
-    from sdkit.training.data import open_rgb, resize_and_crop
+    from sdkit.training.pictures import open_rgb, resize_and_crop
 
     return resize_and_crop(open_rgb(Path(path)), resolution, center_crop=True)

@@ -1,4 +1,4 @@
-"""`sdkit train dreambooth`: teach a Stable Diffusion (1.x/2.x) pipeline a subject from a few images.
+"""`sdkit train dreambooth`: teach a Stable Diffusion (1.x/2.x or SDXL) pipeline a subject from a few images.
 
 Like diffusers' train_dreambooth / train_dreambooth_lora examples; the lifecycle (`sdkit.training.trainer`: load,
 checkpoints, exact resume, SIGINT save, validation, loss plot, staged save) is shared. What is DreamBooth's own:
@@ -8,10 +8,11 @@ checkpoints, exact resume, SIGINT save, validation, loss plot, staged save) is s
    fewer than `num_class_images` (each image `class-NNNNN.png` from seed `seed + N`, split across processes under
    `accelerate launch`) and reused by later runs; or, when `class_data_dir` is an imagefolder (metadata.jsonl),
    its images with their own captions (regularisation images).
-3. full fine-tune (the UNet, optionally the text encoder) or, with `lora`, peft LoRA adapters (`finetune.add_lora`).
+3. full fine-tune (the UNet, optionally the text encoders) or, with `lora`, peft LoRA adapters (`finetune.add_lora`).
 4. data: every instance image with `instance_prompt` (a template over metadata.jsonl columns, if the folder has
    one: "a {color} sks shape"), each paired with a class image; a micro-batch is the instance
-   images followed by their class images, and the loss is mean(instance) + prior_loss_weight × mean(class).
+   images (from one aspect-ratio bucket) followed by their class images, and the loss is
+   mean(instance) + prior_loss_weight × mean(class).
 5. save: OUT/model (a diffusers pipeline folder), or with `lora` the LoRA files (`sdkit.lora_io`).
 
     sdkit train dreambooth -m shapes --instance-data DIR --instance-prompt "a sks shape" -o OUT \\
@@ -26,7 +27,6 @@ import string
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from sdkit.errors import UserError
@@ -54,13 +54,12 @@ class DreamBoothTrainer(Trainer):
             raise UserError(f"class data {self.class_dir} is a file: pass a folder with --class-data")
 
     def prepare(self, s: Session):
-        from sdkit.training import data
         from sdkit.training.diffusion import denoising_loss
         from sdkit.training.loop import TrainingSpec
         from sdkit.training.partial import checkpoint_trainable_only
 
         recipe, pipe = self.recipe, s.pipe
-        instance_pixels = data.load_images(self.instance_files, s.resolution, recipe.center_crop)  # before any write
+        instance_pictures = s.pictures(self.instance_files)  # decoded before anything is written
 
         # 1. class images from the base model (before any training)
         class_files: list[Path] = []
@@ -69,40 +68,32 @@ class DreamBoothTrainer(Trainer):
             class_files, class_prompts = ensure_class_images(recipe, pipe, self.class_dir, s.accelerator)
         self.class_images = len(class_files)
 
-        # 2. what trains: LoRA adapters, or the UNet (and text encoder) itself; frozen modules as cast copies (a full
-        # fine-tune saves the VAE and a frozen text encoder as they were loaded)
+        # 2. what trains: LoRA adapters, or the UNet (and text encoders) itself; frozen modules as cast copies (a full
+        # fine-tune saves the VAE and frozen text encoders as they were loaded)
         full = not recipe.lora
+        encoders = s.text_encoders if recipe.train_text_encoder else []
         if recipe.lora:
             ft.add_lora(pipe, recipe, recipe.train_text_encoder)
             checkpoint_trainable_only(s.accelerator)
         else:
-            pipe.unet.requires_grad_(True)
-            pipe.text_encoder.requires_grad_(recipe.train_text_encoder)
-        trainable = {"unet": pipe.unet}
-        if recipe.train_text_encoder:
-            trainable["text_encoder"] = pipe.text_encoder
-        text_encoder = pipe.text_encoder if recipe.train_text_encoder else s.frozen("text_encoder", saved=full)
-        frozen = SimpleNamespace(vae=s.frozen("vae", saved=full), unet=pipe.unet, text_encoder=text_encoder)
+            for name in ("unet", *s.text_encoders):
+                getattr(pipe, name).requires_grad_(name == "unet" or name in encoders)
+        trainable = {name: getattr(pipe, name) for name in ("unet", *encoders)}
+        frozen = s.stand_ins(["unet", *encoders], saved=full)
 
-        # 3. data: instance images (and class images), one prompt each
-        def entries(images):
-            return ft.image_tensors(recipe, frozen.vae, images, s.device, s.dtype, recipe.train_batch_size)
-
-        key, instances = entries(instance_pixels)
-        instance_ids = data.tokenize(pipe.tokenizer, self.instance_prompts)
-        classes, class_ids = [], None
-        if class_files:
-            classes = entries(data.load_images(class_files, s.resolution, recipe.center_crop))[1]
-            class_ids = data.tokenize(pipe.tokenizer, class_prompts)
-        dataset = DreamBoothData(key, instances, instance_ids, classes, class_ids)
+        # 3. data: instance images (and class images), one prompt each; batches from one instance bucket
+        instances = ft.image_entries(recipe, frozen.vae, instance_pictures, s.device, s.dtype)
+        classes = ft.image_entries(recipe, frozen.vae, s.pictures(class_files), s.device, s.dtype) if class_files else []
+        dataset = DreamBoothData(instances, self.instance_prompts, classes, class_prompts)
+        order = [i % len(instances) for i in range(len(dataset))]
 
         # 4. the loss: mean(instance) + prior_loss_weight x mean(class)
-        loss_fn = denoising_loss(recipe, frozen, ft.noise_scheduler_of(pipe), s.resolution, s.device,
-                                 empty_ids=data.tokenize(pipe.tokenizer, [""])[0],
-                                 caption_dropout=recipe.caption_dropout, prior_loss_weight=recipe.prior_loss_weight)  # fmt: skip
+        text = s.text(frozen, caption_dropout=recipe.caption_dropout, captions=[*self.instance_prompts, *class_prompts])
+        loss_fn = denoising_loss(recipe, frozen, ft.noise_scheduler_of(pipe), s.device, text=text,
+                                 prior_loss_weight=recipe.prior_loss_weight)  # fmt: skip
         return TrainingSpec(
             modules=trainable, dataset=dataset, loss_fn=loss_fn, collate_fn=dataset.collate,
-            validate=ft.validator(s, vae=frozen.vae, text_encoder=frozen.text_encoder),
+            validate=ft.validator(s, **vars(frozen)), batch_sampler=s.batches(instance_pictures, order),
             info={"task": recipe.task, "lora": recipe.lora, "class_images": len(class_files)},
         )  # fmt: skip
 
@@ -114,7 +105,7 @@ class DreamBoothTrainer(Trainer):
         if self.recipe.lora:
             ft.save_lora_files(self.recipe, s.pipe, self.recipe.train_text_encoder, stage)
             return
-        for name in ("vae", "unet", "text_encoder"):  # fp32 throughout: the trained weights and the loaded frozen ones
+        for name in ("vae", "unet", *s.text_encoders):  # fp32 throughout: the trained weights and the loaded frozen ones
             place(getattr(s.pipe, name), "cpu", torch.float32)
         save_pipeline(s.pipe, stage / "model")
 
@@ -123,7 +114,7 @@ class DreamBoothTrainer(Trainer):
 
         if self.recipe.lora:
             return ft.lora_bytes(self.recipe, s.pipe, self.recipe.train_text_encoder)
-        return tensor_bytes(s.pipe.unet, s.pipe.vae, s.pipe.text_encoder)
+        return tensor_bytes(*(getattr(s.pipe, name) for name in ("vae", "unet", *s.text_encoders)))
 
     def info(self, s: Session) -> dict[str, Any]:
         return {"class_images": self.class_images}
@@ -131,20 +122,20 @@ class DreamBoothTrainer(Trainer):
 
 class DreamBoothData:
     """Item i: instance image i mod n with its prompt, and (prior preservation) class image i mod m with its prompt.
-    `instance_ids` / `class_ids`: one row of token ids per image."""
+    Entries are `Pictures.entries()` (pixels or latents, with their sizes)."""
 
-    def __init__(self, key: str, instances: list, instance_ids, classes: list, class_ids):
-        self.key, self.instances, self.instance_ids = key, instances, instance_ids
-        self.classes, self.class_ids = classes, class_ids
+    def __init__(self, instances: list[dict], instance_prompts: list[str], classes: list[dict], class_prompts: list[str]):
+        self.instances, self.instance_prompts = instances, instance_prompts
+        self.classes, self.class_prompts = classes, class_prompts
 
     def __len__(self) -> int:
         return max(len(self.instances), len(self.classes))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         i, j = index % len(self.instances), index % max(1, len(self.classes))
-        item = {"index": index, "input_ids": self.instance_ids[i], self.key: self.instances[i]}
+        item = {"index": index, "caption": self.instance_prompts[i], **self.instances[i]}
         if self.classes:
-            item["class"] = {"index": index, "input_ids": self.class_ids[j], self.key: self.classes[j]}
+            item["class"] = {"index": index, "caption": self.class_prompts[j], **self.classes[j]}
         return item
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:

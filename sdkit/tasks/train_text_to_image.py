@@ -1,4 +1,4 @@
-"""`sdkit train text-to-image`: train a Stable Diffusion (1.x/2.x-style) pipeline on an imagefolder dataset.
+"""`sdkit train text-to-image`: train a Stable Diffusion (1.x/2.x-style or SDXL) pipeline on captioned images.
 
 Like diffusers' train_text_to_image example, on the shared lifecycle (`sdkit.training.trainer`): noise from the
 model's own scheduler (DDPM on its betas), epsilon or v-prediction targets, caption dropout for classifier-free guidance,
@@ -6,9 +6,10 @@ min-SNR weighting (`compute_snr`) and EMA (`EMAModel`) from `diffusers.training_
 
 Two ways in:
   * `model:`  fine-tune an existing pipeline (stage unet: the UNet, optionally the text encoder; stage vae: the VAE).
-  * `preset:` start from a named architecture with random weights (sdkit.architectures). A from-scratch model trains
-    in two jobs: stage vae (its latent scaling factor is measured at the end), then stage unet with
-    `model: <vae run>/model`. See recipes/train/shapes-base.yaml.
+  * `preset:` start from a named architecture with random weights (sdkit.architectures), or with `init_from` another
+    model's weights where they fit. A from-scratch model trains in two jobs: stage vae (its latent scaling factor is
+    measured at the end), then stage unet with `model: <vae run>/model`. See recipes/train/shapes-base.yaml and, for
+    an SDXL architecture, recipes/train/shapes-sdxl.yaml.
 
 Writes OUT/model (a diffusers folder, safetensors), OUT/checkpoints/step-N, OUT/validation/step-N.png, OUT/loss.png,
 OUT/loss.json, OUT/loss.csv, OUT/run.json and OUT/recipe.yaml.
@@ -22,9 +23,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-from sdkit.errors import UserError
 from sdkit.schema.train import TrainTextToImageRecipe
 from sdkit.training.diffusion import denoising_loss
 from sdkit.training.trainer import (
@@ -52,11 +51,17 @@ class TextToImageTrainer(Trainer):
         return ["model"]
 
     def check(self) -> None:
-        from sdkit.training.data import read_imagefolder
+        from sdkit.training.datasets import read_dataset, repeated
 
         recipe = self.recipe
-        self.rows = read_imagefolder(recipe.data_dir, recipe.caption_column, max_rows=recipe.max_train_samples)
-        self.captions = [row[recipe.caption_column] for row in self.rows]
+        self.rows = read_dataset(recipe.data_dir, recipe.caption_column, caption_extension=recipe.caption_extension,
+                                 max_rows=recipe.max_train_samples)  # fmt: skip
+        self.order = repeated(self.rows)
+        self.captions = [self.rows[i][recipe.caption_column] for i in self.order]
+        if recipe.init_from is not None:
+            from sdkit.models import resolve_model
+
+            resolve_model(recipe.init_from, hash_local=False)
 
     def load(self, s: Session):
         return _load(self.recipe, self.captions)
@@ -64,19 +69,19 @@ class TextToImageTrainer(Trainer):
     def prepare(self, s: Session):
         from sdkit.training import data
         from sdkit.training.loop import TrainingSpec
+        from sdkit.training.pictures import encode_pictures
 
         recipe, pipe = self.recipe, s.pipe
-        for module in (pipe.vae, pipe.unet, pipe.text_encoder):
-            module.requires_grad_(False)
+        for name in ("vae", "unet", *s.text_encoders):
+            getattr(pipe, name).requires_grad_(False)
 
-        # 1. data: decode once, tokenise with the pipeline's tokenizer
-        self.images = images = data.load_images([row["file_name"] for row in self.rows], s.resolution, recipe.center_crop)
-        input_ids = data.tokenize(pipe.tokenizer, self.captions)
+        # 1. data: decode once (squares or aspect-ratio buckets)
+        self.pictures = pictures = s.pictures([row["file_name"] for row in self.rows])
 
-        # 2. what trains: the VAE (stage vae), or the UNet and optionally the text encoder; frozen modules as cast
+        # 2. what trains: the VAE (stage vae), or the UNet and optionally the text encoder(s); frozen modules as cast
         # copies, so the fp32 originals are what gets saved
-        live = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "unet": pipe.unet}  # what the loss and validation run
         if recipe.stage == "vae":
+            live = s.stand_ins(["vae", "unet", *s.text_encoders])  # what the loss and validation run
             trainable = {"vae": _autoencoder_loss(pipe.vae)}
             pipe.vae.requires_grad_(True)
             if not recipe.train_vae_encoder:  # decoder-only: the encoder, and so the latent space, stay as they are
@@ -84,59 +89,48 @@ class TextToImageTrainer(Trainer):
                     if module is not None:
                         module.requires_grad_(False)
         else:
-            trainable = {"unet": pipe.unet}
-            pipe.unet.requires_grad_(True)
-            if recipe.train_text_encoder:
-                trainable["text_encoder"] = pipe.text_encoder
-                pipe.text_encoder.requires_grad_(True)
-            else:
-                live["text_encoder"] = s.frozen("text_encoder", saved=True)
-            live["vae"] = s.frozen("vae", saved=True)
-        if recipe.cache_latents:
-            latent_dist = data.encode_latents(live["vae"], images, recipe.train_batch_size, s.device, s.dtype)
-            dataset = data.CaptionedImages(input_ids, latent_dist=latent_dist)
-        else:
-            dataset = data.CaptionedImages(input_ids, pixels=images)
+            encoders = s.text_encoders if recipe.train_text_encoder else []
+            trainable = {name: getattr(pipe, name) for name in ("unet", *encoders)}
+            for module in trainable.values():
+                module.requires_grad_(True)
+            live = s.stand_ins(["unet", *encoders], saved=True)
+        latents = encode_pictures(live.vae, pictures, recipe.train_batch_size, s.device, s.dtype) if recipe.cache_latents else None
+        dataset = data.CaptionedImages(self.captions, pictures.entries(latents), self.order)
 
         # 3. the loss
         self.noise_scheduler = _noise_scheduler(pipe, recipe)
         if recipe.stage == "vae":
-            loss_fn = _vae_loss(recipe, s.resolution, s.device)
+            loss_fn = _vae_loss(recipe, s.device)
         else:
-            loss_fn = denoising_loss(recipe, SimpleNamespace(**live), self.noise_scheduler, s.resolution, s.device,
-                                     empty_ids=data.tokenize(pipe.tokenizer, [""])[0], caption_dropout=recipe.caption_dropout)  # fmt: skip
+            text = s.text(live, caption_dropout=recipe.caption_dropout, captions=self.captions)
+            loss_fn = denoising_loss(recipe, live, self.noise_scheduler, s.device, text=text)
 
         # 4. validation
-        validate = _validator(s, live, self.noise_scheduler, images, self.captions)
+        validate = _validator(s, vars(live), self.noise_scheduler, pictures, [row[recipe.caption_column] for row in self.rows])
         return TrainingSpec(modules=trainable, dataset=dataset, loss_fn=loss_fn, validate=validate,
-                            info={"task": recipe.task, "stage": recipe.stage})  # fmt: skip
+                            batch_sampler=s.batches(pictures, self.order), info={"task": recipe.task, "stage": recipe.stage})  # fmt: skip
 
     def save(self, s: Session, stage: Path) -> None:
         """A plain diffusers folder: the trained modules and the untouched fp32 frozen ones, with the inference
         scheduler told the trained prediction type; a from-scratch VAE gets its latent scaling factor measured."""
         import torch
-        from diffusers import StableDiffusionPipeline
 
         from sdkit.architectures import save_pipeline
 
         recipe, pipe = self.recipe, s.pipe
         if recipe.stage == "vae" and recipe.preset is not None:
-            factor = _measure_scaling_factor(pipe.vae, self.images, recipe.train_batch_size, s.device)
+            factor = _measure_scaling_factor(pipe.vae, self.pictures, recipe.train_batch_size, s.device)
             pipe.vae.register_to_config(scaling_factor=factor)
             print(f"latent scaling factor measured: {factor:.4f}", file=sys.stderr)
-        modules = {"vae": pipe.vae, "unet": pipe.unet, "text_encoder": pipe.text_encoder}
+        modules = {name: getattr(pipe, name) for name in ("vae", "unet", *s.text_encoders)}
         for module in modules.values():
             place(module, "cpu", torch.float32)
-        final = StableDiffusionPipeline(
-            **modules, tokenizer=pipe.tokenizer, scheduler=_inference_scheduler(pipe, self.noise_scheduler),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
-        save_pipeline(final, stage / "model")
+        save_pipeline(sd_pipeline(pipe, _inference_scheduler(pipe, self.noise_scheduler), **modules), stage / "model")
 
     def saved_bytes(self, s: Session) -> int:
         from sdkit.training.results import tensor_bytes
 
-        return tensor_bytes(s.pipe.vae, s.pipe.unet, s.pipe.text_encoder)
+        return tensor_bytes(*(getattr(s.pipe, name) for name in ("vae", "unet", *s.text_encoders)))
 
 
 def _autoencoder_loss(vae):
@@ -158,22 +152,27 @@ def _autoencoder_loss(vae):
 
 
 def _load(recipe: TrainTextToImageRecipe, captions: list[str]):
-    """The StableDiffusionPipeline to train, in fp32 on the CPU: a preset with random weights, or `recipe.model`."""
+    """The SD or SDXL pipeline to train, in fp32 on the CPU: a preset with random weights (or, with init_from, another
+    model's where they fit), or `recipe.model`."""
     if recipe.preset is not None:
-        from sdkit.architectures import build_pipeline, get_preset
+        from sdkit.architectures import build_pipeline
         from sdkit.tokenizer import default_words
+        from sdkit.training.warmstart import init_from
 
-        if get_preset(recipe.preset).family != "sd":
-            raise UserError(f"preset {recipe.preset!r} is SDXL: text-to-image training supports SD 1.x/2.x presets")
         words = recipe.vocabulary
         if words is None:
             words = sorted(set(default_words()) | {w for c in captions for w in re.findall(r"[a-z]+", c.lower())})
-        return build_pipeline(recipe.preset, words=words, seed=recipe.seed)
+        pipe = build_pipeline(recipe.preset, words=words, seed=recipe.seed)
+        if recipe.init_from is not None:
+            init_from(pipe, recipe.init_from)
+        return pipe
     pipe = load_sd_pipeline(recipe)
     if recipe.add_words:
         from sdkit.tokenizer import add_words
 
-        add_words(pipe.tokenizer, pipe.text_encoder, recipe.add_words)
+        for tokenizer, encoder in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+            if getattr(pipe, encoder, None) is not None:
+                add_words(getattr(pipe, tokenizer), getattr(pipe, encoder), recipe.add_words)
     return pipe
 
 
@@ -194,23 +193,28 @@ def _inference_scheduler(pipe, noise_scheduler):
     changes = {"prediction_type": noise_scheduler.config.prediction_type}
     if noise_scheduler.config.get("rescale_betas_zero_snr"):
         changes.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    return type(pipe.scheduler).from_config({**pipe.scheduler.config, **changes})
+    # without `_use_default_values`: a freshly built preset's config lists rescale_betas_zero_snr there, and
+    # from_config would then drop the change
+    config = {k: v for k, v in {**pipe.scheduler.config, **changes}.items() if k != "_use_default_values"}
+    return type(pipe.scheduler).from_config(config)
 
 
-def _vae_loss(recipe: TrainTextToImageRecipe, resolution: int, device):
+def _vae_loss(recipe: TrainTextToImageRecipe, device):
     import torch.nn.functional as F
 
-    from sdkit.training.data import to_pixels
+    from sdkit.training.pictures import to_pixels
+    from sdkit.training.randomness import sample_generators
 
     def loss_fn(batch, models, generator):
-        pixels = to_pixels(batch["pixels"], resolution, recipe.center_crop, recipe.random_flip, generator, device)
+        generators = sample_generators(generator, [0] * len(batch["index"]))
+        pixels, _ = to_pixels(batch["pixels"], batch["target_size"], batch["crop"], recipe.random_flip, generators, device)
         reconstruction, kl = models["vae"](pixels, generator)
         return F.mse_loss(reconstruction.float(), pixels) + recipe.kl_weight * kl
 
     return loss_fn
 
 
-def _validator(s: Session, live, noise_scheduler, images, captions):
+def _validator(s: Session, live, noise_scheduler, pictures, captions):
     """step -> grid rows: prompts × seeds (unet stage) or originals beside reconstructions with PSNR (vae stage)."""
     import torch
 
@@ -218,7 +222,8 @@ def _validator(s: Session, live, noise_scheduler, images, captions):
     if recipe.stage == "unet":
         rows = [GridRow(prompt) for prompt in recipe.validation_prompts]
         return prompt_grid(s, lambda: sd_pipeline(s.pipe, _inference_scheduler(s.pipe, noise_scheduler), **live), rows)
-    count = min(VALIDATION_IMAGES_VAE, len(images))
+    shown = [i for i, p in enumerate(pictures.pixels) if p.shape == pictures.pixels[0].shape][:VALIDATION_IMAGES_VAE]
+    images, captions, count = [pictures.pixels[i] for i in shown], [captions[i] for i in shown], len(shown)
 
     def validate_vae(step):
         originals = torch.stack(images[:count]).to(s.device, torch.float32).div(127.5).sub(1)
@@ -242,13 +247,15 @@ def _to_pil(pixels):
     return Image.fromarray(array)
 
 
-def _measure_scaling_factor(vae, images, batch_size, device) -> float:
+def _measure_scaling_factor(vae, pictures, batch_size, device) -> float:
     """1 / std of the latents (posterior samples) over the training images, as SD's 0.18215 was chosen."""
     import torch
 
-    from sdkit.training.data import encode_latents, sample_latents
+    from sdkit.training.pictures import encode_pictures, sample_latents
 
+    first = type(pictures)(pictures.pixels[:4096], pictures.targets[:4096], pictures.originals[:4096], pictures.crops[:4096])
+    generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        dist = encode_latents(vae, images[:4096], batch_size, device, torch.float32)
-        latents = sample_latents(dist, torch.Generator().manual_seed(0))
+        dists = encode_pictures(vae, first, batch_size, device, torch.float32)
+        latents = torch.cat([sample_latents(d[None], generator).flatten() for d in dists])
     return float(1.0 / latents.std().clamp_min(1e-6))

@@ -4,14 +4,17 @@ Like diffusers' textual_inversion example; the lifecycle (`sdkit.training.traine
 SIGINT save, validation grids, loss plot, staged save) is shared. What is textual inversion's own:
 
 1. add `token` (and token_1 … for num_vectors > 1, diffusers' multi-vector convention) to the tokenizer, grow the text
-   encoder's embedding table, start the new rows from `init_token`'s embedding.
+   encoder's embedding table, start the new rows from `init_token`'s embedding; SDXL: in both tokenizers and text
+   encoders, one embedding per encoder.
 2. freeze everything but the embedding table; after every optimiser step the old rows are put back (weight decay and
    optimiser noise never touch them), so only the new rows learn; checkpoints hold the table only.
 3. data: an imagefolder whose captions contain the token, or a plain image folder seen with every caption template.
 4. the denoising loss through the frozen UNet.
 5. save OUT/learned_embeds.safetensors (diffusers: {token: tensor[n, dim]}, `pipe.load_textual_inversion`) and
    OUT/NAME.safetensors (A1111: {"emb_params": tensor[n, dim]}, NAME = the token without <>; A1111 uses the file name
-   as the prompt word), both with the metadata (base model, token, init token, recipe) in the header.
+   as the prompt word), both with the metadata (base model, token, init token, recipe) in the header. SDXL: both
+   files hold {"clip_l": [n, dim 1], "clip_g": [n, dim 2]} (A1111's SDXL format; diffusers loads each key into its
+   encoder with `load_textual_inversion(state["clip_l"], token, text_encoder=..., tokenizer=...)`).
 
     sdkit train textual-inversion -m shapes --data DIR --token "<zig>" --init-token shape -o OUT
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 from sdkit.errors import UserError
 from sdkit.schema.finetune import TrainTextualInversionRecipe
@@ -61,35 +63,42 @@ class TextualInversionTrainer(Trainer):
 
         recipe, pipe = self.recipe, s.pipe
 
-        # 1. the token(s), initialised from init_token; only the embedding table trains and its old rows are put
-        # back after every step (checkpoints hold the table only)
-        self.new_ids = add_token(pipe.tokenizer, pipe.text_encoder, recipe.token, recipe.init_token, recipe.num_vectors)
-        frozen = SimpleNamespace(unet=s.frozen("unet"), vae=s.frozen("vae"), text_encoder=pipe.text_encoder)
-        pipe.text_encoder.requires_grad_(False)
-        self.table = table = pipe.text_encoder.get_input_embeddings().weight
-        table.requires_grad_(True)
-        pipe.text_encoder.to(s.device)
-        original = table.detach().clone()
-        keep = torch.ones(len(original), dtype=torch.bool, device=original.device)
-        keep[self.new_ids] = False
+        # 1. the token(s) in every tokenizer (SDXL: both), initialised from init_token; only the embedding tables train
+        # and their old rows are put back after every step (checkpoints hold the tables only)
+        self.encoders = encoders = {name: getattr(pipe, name) for name in s.text_encoders}
+        tokenizers = {"text_encoder": pipe.tokenizer, "text_encoder_2": getattr(pipe, "tokenizer_2", None)}
+        self.new_ids = {name: add_token(tokenizers[name], encoder, recipe.token, recipe.init_token, recipe.num_vectors)
+                        for name, encoder in encoders.items()}  # fmt: skip
+        frozen = s.stand_ins(list(encoders))
+        self.tables, originals, keeps = {}, {}, {}
+        for name, encoder in encoders.items():
+            encoder.requires_grad_(False)
+            table = self.tables[name] = encoder.get_input_embeddings().weight
+            table.requires_grad_(True)
+            encoder.to(s.device)
+            originals[name] = table.detach().clone()
+            keeps[name] = torch.ones(len(table), dtype=torch.bool, device=table.device)
+            keeps[name][self.new_ids[name]] = False
 
         def restore_old_rows(step: int) -> None:
             with torch.no_grad():
-                table[keep] = original[keep]
+                for name, table in self.tables.items():
+                    table[keeps[name]] = originals[name][keeps[name]]
 
         checkpoint_trainable_only(s.accelerator)
 
         # 2. data: (image, caption) pairs; the token expands to its vectors as the pipeline expands prompts
-        images = data.load_images(self.files, s.resolution, recipe.center_crop)
-        key, values = ft.image_tensors(recipe, frozen.vae, images, s.device, s.dtype, recipe.train_batch_size)
-        ids = data.tokenize(pipe.tokenizer, [pipe.maybe_convert_prompt(c, pipe.tokenizer) for _, c in self.pairs])
-        dataset = data.CaptionedImages(ids, **{key: [values[i] for i, _ in self.pairs]})
+        pictures = s.pictures(self.files)
+        order = [i for i, _ in self.pairs]
+        captions = [c for _, c in self.pairs]
+        dataset = data.CaptionedImages(captions, ft.image_entries(recipe, frozen.vae, pictures, s.device, s.dtype), order)
 
         # 3. the loss, through the frozen UNet
-        loss_fn = denoising_loss(recipe, frozen, ft.noise_scheduler_of(pipe), s.resolution, s.device)
+        loss_fn = denoising_loss(recipe, frozen, ft.noise_scheduler_of(pipe), s.device, text=s.text(frozen))
         return TrainingSpec(
-            modules={"text_encoder": pipe.text_encoder}, dataset=dataset, loss_fn=loss_fn, params=[table],
-            after_step=restore_old_rows, validate=ft.validator(s), info={"task": recipe.task, "token": recipe.token},
+            modules=dict(encoders), dataset=dataset, loss_fn=loss_fn, params=list(self.tables.values()),
+            after_step=restore_old_rows, validate=ft.validator(s), batch_sampler=s.batches(pictures, order),
+            info={"task": recipe.task, "token": recipe.token},
         )  # fmt: skip
 
     def save(self, s: Session, stage: Path) -> None:
@@ -98,30 +107,31 @@ class TextualInversionTrainer(Trainer):
     def saved_bytes(self, s: Session) -> int:
         from sdkit.training.results import tensor_bytes
 
-        return tensor_bytes(self.learned()) * len(self.outputs())
+        return tensor_bytes(*self.learned().values()) * len(self.outputs())
 
-    def learned(self):
-        """The new rows of the embedding table: the learned vectors, fp32 on the CPU."""
-        return self.table.detach()[self.new_ids].float().cpu()
+    def learned(self) -> dict:
+        """The new rows of each embedding table, fp32 on the CPU: {"text_encoder": [n, d]} (SDXL: and
+        "text_encoder_2")."""
+        return {name: table.detach()[self.new_ids[name]].float().cpu() for name, table in self.tables.items()}
 
 
 def _images_and_captions(recipe: TrainTextualInversionRecipe) -> tuple[list[Path], list[tuple[int, str]]]:
-    """(image files, (image index, caption) pairs): each image with its caption from metadata.jsonl (which must contain
-    the token), or, for a plain folder, every image with every caption template."""
-    from sdkit.training.data import read_imagefolder
-    from sdkit.training.finetune import image_files
+    """(image files, (image index, caption) pairs): each image with its caption (metadata.jsonl, kohya folders or .txt
+    files; it must contain the token), each kohya image `repeats` times, or, for a folder of images without captions,
+    every image with every caption template."""
+    from sdkit.training.datasets import read_dataset, repeated
 
-    if (Path(recipe.data_dir) / "metadata.jsonl").is_file():
-        rows = read_imagefolder(recipe.data_dir, recipe.caption_column)
-        for row in rows:
-            if recipe.token not in row[recipe.caption_column]:
-                raise UserError(
-                    f"caption of {row['file_name'].name} ({row[recipe.caption_column]!r}) does not contain the token "
-                    f"{recipe.token!r}: put it in every caption, or remove metadata.jsonl to use caption_templates"
-                )
-        return [row["file_name"] for row in rows], [(i, row[recipe.caption_column]) for i, row in enumerate(rows)]
-    files = image_files(recipe.data_dir, "data", "--data-dir")
-    return files, [(i, t.format(token=recipe.token)) for t in recipe.caption_templates for i in range(len(files))]
+    rows = read_dataset(recipe.data_dir, recipe.caption_column, captions_required=False)
+    files = [row["file_name"] for row in rows]
+    if rows[0][recipe.caption_column] is None:
+        return files, [(i, t.format(token=recipe.token)) for t in recipe.caption_templates for i in range(len(files))]
+    for row in rows:
+        if recipe.token not in row[recipe.caption_column]:
+            raise UserError(
+                f"caption of {row['file_name'].name} ({row[recipe.caption_column]!r}) does not contain the token "
+                f"{recipe.token!r}: put it in every caption, or remove the captions to use caption_templates"
+            )
+    return files, [(i, rows[i][recipe.caption_column]) for i in repeated(rows)]
 
 
 def add_token(tokenizer, text_encoder, token: str, init_token: str, num_vectors: int) -> list[int]:
@@ -150,8 +160,10 @@ def add_token(tokenizer, text_encoder, token: str, init_token: str, num_vectors:
     return new_ids
 
 
-def save_embedding(recipe: TrainTextualInversionRecipe, learned, paths: list[Path]) -> None:
-    """diffusers ({token: [n, dim]}) and A1111 ({"emb_params": [n, dim]}) files, metadata in the header."""
+def save_embedding(recipe: TrainTextualInversionRecipe, learned: dict, paths: list[Path]) -> None:
+    """SD 1.x/2.x: diffusers ({token: [n, dim]}) and A1111 ({"emb_params": [n, dim]}) files; SDXL: both files as
+    {"clip_l": [n, dim 1], "clip_g": [n, dim 2]}, the format A1111 reads and diffusers documents (one
+    `load_textual_inversion` per encoder). Metadata in the header."""
     import json
 
     from sdkit.atomic import write_safetensors
@@ -162,5 +174,10 @@ def save_embedding(recipe: TrainTextualInversionRecipe, learned, paths: list[Pat
         "sdkit.token": recipe.token, "sdkit.init_token": recipe.init_token, "sdkit.num_vectors": str(recipe.num_vectors),
         "sdkit.recipe": json.dumps(recipe.model_dump(mode="json"), sort_keys=True), "name": paths[1].stem,
     }  # fmt: skip
-    write_safetensors(paths[0], {recipe.token: learned}, metadata)
-    write_safetensors(paths[1], {"emb_params": learned}, metadata)
+    if "text_encoder_2" in learned:
+        both = {"clip_l": learned["text_encoder"], "clip_g": learned["text_encoder_2"]}
+        for path in paths:
+            write_safetensors(path, both, metadata)
+        return
+    write_safetensors(paths[0], {recipe.token: learned["text_encoder"]}, metadata)
+    write_safetensors(paths[1], {"emb_params": learned["text_encoder"]}, metadata)

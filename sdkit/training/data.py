@@ -1,13 +1,9 @@
-"""Training data: a Hugging Face "imagefolder" (images + metadata.jsonl), checked, decoded once and kept in memory.
+"""Training data: a Hugging Face "imagefolder" (images + metadata.jsonl) checked row by row, the dataset of captioned
+images the trainers share, and its collate function. Other layouts (kohya's folders, a plain folder of images with
+.txt captions) are read by `sdkit.training.datasets`; images become tensors in `sdkit.training.pictures`.
 
     rows = read_imagefolder(DIR, caption_column="text")      # [{"file_name": Path, "text": str, ...}]; UserErrors
-    images = load_images([r["file_name"] for r in rows], resolution=64, center_crop=True)   # uint8 tensors
-    dataset = CaptionedImages(images, tokenize(tokenizer, captions))
-    pixels = to_pixels(batch["pixels"], 64, center_crop=True, random_flip=False, generator=g)   # float in [-1, 1]
-
-Images are held as uint8 (a 64 px image is 12 kB; 1,000 images at 512 px ≈ 0.8 GB). Augmentations (random crop,
-flip) are drawn in the training step from the step's own generator, so a resumed run sees the same ones.
-With a frozen VAE, `encode_latents` caches each image's latent distribution (mean and log-variance) instead.
+    dataset = CaptionedImages(captions, pictures.entries())
 """
 
 from __future__ import annotations
@@ -98,116 +94,37 @@ def check_image(path: Path, where: str) -> None:
         ) from None
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB; a broken file is a UserError naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"image {path} cannot be read ({type(err).__name__}: {err}): replace or remove it") from None
-
-
-def resize_and_crop(image: Image.Image, resolution: int, center_crop: bool) -> Image.Image:
-    """Resize the shorter side to `resolution`; with center_crop also crop the centre square."""
-    w, h = image.size
-    scale = resolution / min(w, h)
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    if size != (w, h):
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    if center_crop:
-        left, top = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-    return image
-
-
-def pil_to_uint8(image: Image.Image) -> torch.Tensor:
-    """HWC PIL RGB → CHW uint8 tensor."""
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def load_images(paths: Sequence[Path], resolution: int, center_crop: bool) -> list[torch.Tensor]:
-    """Decode every image once: CHW uint8 tensors (resolution² with center_crop, else shorter side = resolution)."""
-    return [pil_to_uint8(resize_and_crop(open_rgb(p), resolution, center_crop)) for p in paths]
-
-
-def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
-    """Token ids padded/truncated to the tokenizer's model_max_length (what the pipeline's text encoder sees)."""
-    return tokenizer(
-        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-
-
 class CaptionedImages:
-    """A map-style dataset over in-memory tensors: {"index", "input_ids", "pixels" | "latent_dist"} per item."""
+    """A map-style dataset over in-memory entries: item k is image `order[k]` (default k) with `captions[k]`:
+    {"index", "caption", "pixels" | "latent_dist", "target_size", "original_size", "crop"} (`Pictures.entries`). Captions
+    stay text: they are tokenised in the training step (shuffled first, with kohya's shuffle_caption)."""
 
-    def __init__(self, input_ids: torch.Tensor, pixels: list[torch.Tensor] | None = None, latent_dist: torch.Tensor | None = None):
-        if (pixels is None) == (latent_dist is None):
-            raise ValueError("give pixels or latent_dist")
-        self.input_ids, self.pixels, self.latent_dist = input_ids, pixels, latent_dist
+    def __init__(self, captions: Sequence[str], entries: Sequence[dict[str, Any]], order: Sequence[int] | None = None):
+        self.captions, self.entries = list(captions), entries
+        self.order = list(range(len(self.captions))) if order is None else list(order)
+        if len(self.order) != len(self.captions):
+            raise ValueError("one caption per item")
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.captions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = {"index": index, "input_ids": self.input_ids[index]}
-        if self.pixels is not None:
-            item["pixels"] = self.pixels[index]
-        else:
-            item["latent_dist"] = self.latent_dist[index]
-        return item
+        return {"index": index, "caption": self.captions[index], **self.entries[self.order[index]]}
+
+    def buckets(self, image_buckets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Each item's bucket, from its image's."""
+        return [image_buckets[i] for i in self.order]
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; images of different sizes (random crop pending) stay a list."""
+    """Stack tensors of one shape; text, and images of different sizes (buckets, random crops pending), stay lists."""
     batch: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
         if key == "index":
             batch[key] = torch.tensor(values)
-        elif all(v.shape == values[0].shape for v in values):
+        elif all(isinstance(v, torch.Tensor) for v in values) and all(v.shape == values[0].shape for v in values):
             batch[key] = torch.stack(values)
         else:
             batch[key] = values
     return batch
-
-
-def to_pixels(
-    images: torch.Tensor | list[torch.Tensor],
-    resolution: int,
-    center_crop: bool,
-    random_flip: bool,
-    generator: torch.Generator,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """uint8 images → float pixels in [-1, 1] on `device`, random crop/flip drawn from `generator` (a CPU one)."""
-    out = []
-    for image in images:
-        if not center_crop:
-            _, h, w = image.shape
-            top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
-            image = image[:, top : top + resolution, left : left + resolution]
-        if random_flip and bool(torch.rand((), generator=generator) < 0.5):
-            image = image.flip(-1)
-        out.append(image)
-    return torch.stack(out).to(device=device, dtype=torch.float32).div(127.5).sub(1.0)
-
-
-@torch.no_grad()
-def encode_latents(vae, images: list[torch.Tensor], batch_size: int, device, dtype) -> torch.Tensor:
-    """The VAE's latent distribution parameters (mean ‖ log-variance, N×2C×h×w, fp32 on CPU) for center-cropped images."""
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        pixels = torch.stack(images[start : start + batch_size]).to(device=device, dtype=dtype).div(127.5).sub(1.0)
-        chunks.append(vae.encode(pixels).latent_dist.parameters.float().cpu())
-    return torch.cat(chunks)
-
-
-def sample_latents(latent_dist: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Draw latents from cached distribution parameters (mean ‖ log-variance), as AutoencoderKL's posterior does."""
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-    return DiagonalGaussianDistribution(latent_dist).sample(generator=generator)

@@ -1,6 +1,6 @@
 """What the fine-tuning techniques (LoRA, DreamBooth, textual inversion, text-to-image) share beyond the lifecycle
 (`sdkit.training.trainer`): image folders, the dataset's image entries, the model's own noise schedule, the default
-validation grid, and LoRA adapters and files.
+validation grid, and LoRA adapters (SDXL: on both text encoders) and files.
 
 The loss is the shared denoising loss (`sdkit.training.diffusion`), diffusers' own: latents from the frozen VAE,
 noise and timesteps from the step's own generator, the model's own noise schedule (DDPM on its betas, with its
@@ -33,32 +33,42 @@ def noise_scheduler_of(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def image_tensors(recipe, vae, images, device, dtype, batch_size: int):
-    """Dataset image entries: uint8 images, or (cache_latents) their latent distributions from the frozen VAE."""
-    from sdkit.training.data import encode_latents
+def image_entries(recipe, vae, pictures, device, dtype) -> list[dict]:
+    """Dataset entries of decoded pictures: uint8 pixels, or (cache_latents) their latent distributions from the
+    frozen VAE; with the sizes micro-conditioning records."""
+    from sdkit.training.pictures import encode_pictures
 
     if recipe.cache_latents:
-        return "latent_dist", list(encode_latents(vae, images, batch_size, device, dtype))
-    return "pixels", images
+        return pictures.entries(encode_pictures(vae, pictures, recipe.train_batch_size, device, dtype))
+    return pictures.entries()
 
 
 def validator(s, **modules):
-    """The validation grid of a fine-tune: every validation prompt at `validation_images` seeds, drawn by a
-    StableDiffusionPipeline over the training modules (`modules` replace the pipeline's own, e.g. frozen copies)
-    with the model's own sampler; None without validation prompts."""
+    """The validation grid of a fine-tune: every validation prompt at `validation_images` seeds, drawn by the
+    family's pipeline over the training modules (`modules` replace the pipeline's own, e.g. frozen copies) with the
+    model's own sampler; None without validation prompts."""
     from sdkit.training.trainer import GridRow, prompt_grid, sd_pipeline
 
     rows = [GridRow(prompt) for prompt in s.recipe.validation_prompts]
     return prompt_grid(s, lambda: sd_pipeline(s.pipe, **modules), rows)
 
 
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders (SDXL: both)."""
+    from sdkit.training.text import is_sdxl
+
+    return [pipe.text_encoder, pipe.text_encoder_2] if is_sdxl(pipe) else [pipe.text_encoder]
+
+
 def add_lora(pipe, recipe, train_text_encoder: bool) -> None:
-    """peft LoRA adapters ("default") on the UNet (and text encoder); only their weights require grad."""
+    """peft LoRA adapters ("default") on the UNet (and the text encoders: SDXL's both); only their weights require
+    grad."""
     from peft import LoraConfig
 
     alpha = recipe.alpha or recipe.rank
     pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        encoder.requires_grad_(False)
     try:
         pipe.unet.add_adapter(LoraConfig(r=recipe.rank, lora_alpha=alpha, lora_dropout=recipe.lora_dropout,
                                          init_lora_weights="gaussian", target_modules=list(recipe.target_modules)))  # fmt: skip
@@ -66,9 +76,10 @@ def add_lora(pipe, recipe, train_text_encoder: bool) -> None:
         raise UserError(f"target_modules {recipe.target_modules}: {_first_line(err)}: name UNet layers such as to_q, to_k, to_v, to_out.0") from None
     if train_text_encoder:
         try:
-            pipe.text_encoder.add_adapter(LoraConfig(r=recipe.rank, lora_alpha=alpha, lora_dropout=recipe.lora_dropout,
-                                                     init_lora_weights="gaussian",
-                                                     target_modules=list(recipe.text_encoder_target_modules)))  # fmt: skip
+            for encoder in text_encoders(pipe):
+                encoder.add_adapter(LoraConfig(r=recipe.rank, lora_alpha=alpha, lora_dropout=recipe.lora_dropout,
+                                               init_lora_weights="gaussian",
+                                               target_modules=list(recipe.text_encoder_target_modules)))  # fmt: skip
         except ValueError as err:
             raise UserError(
                 f"text_encoder_target_modules {recipe.text_encoder_target_modules}: {_first_line(err)}: name CLIP layers "
@@ -102,8 +113,9 @@ def save_lora_files(recipe, pipe, train_text_encoder: bool, stage: Path) -> None
     )  # fmt: skip
     files = lora_outputs(recipe)
     kohya_name = Path(files[1]).stem if len(files) > 1 else None
-    text_encoder = pipe.text_encoder if train_text_encoder else None
-    save_lora(stage, unet=pipe.unet, text_encoder=text_encoder, metadata=metadata, kohya_name=kohya_name)
+    encoders = text_encoders(pipe) if train_text_encoder else []
+    save_lora(stage, unet=pipe.unet, text_encoder=encoders[0] if encoders else None, metadata=metadata,
+              kohya_name=kohya_name, sdxl=len(text_encoders(pipe)) == 2, text_encoder_2=encoders[1] if len(encoders) > 1 else None)  # fmt: skip
 
 
 def lora_bytes(recipe, pipe, train_text_encoder: bool) -> int:
@@ -112,6 +124,6 @@ def lora_bytes(recipe, pipe, train_text_encoder: bool) -> int:
 
     from sdkit.training.results import tensor_bytes
 
-    modules = (pipe.unet, pipe.text_encoder) if train_text_encoder else (pipe.unet,)
+    modules = (pipe.unet, *text_encoders(pipe)) if train_text_encoder else (pipe.unet,)
     trained = [get_peft_model_state_dict(m) for m in modules]
     return tensor_bytes(*trained) * len(lora_outputs(recipe))

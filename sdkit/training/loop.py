@@ -14,7 +14,9 @@ everything else, the way accelerate's examples do:
 3. Resume: the checkpoint is verified (manifest, tensors only), then `accelerator.load_state` (weights-only loads),
    sdkit's own state and `skip_first_batches` to the exact batch, so a resumed run ends with the same weights as an
    uninterrupted one. Every micro-batch draws its randomness (noise, timesteps, caption dropout, augmentation) from
-   its own generator seeded by (seed, micro-batch number, process), never from global state.
+   its own generator seeded by (seed, micro-batch number, process), never from global state; `for_samples` gives
+   each sample a generator of its own, seeded by its place in the global batch, so a run's draws do not depend on
+   how the global batch is split between processes or machines.
 4. The loop: `accelerator.accumulate`, gradient clipping, checkpoints every N steps (see checkpoints.py), validation
    grids, a progress bar on stderr (loss, lr, it/s, ETA; plain lines when stderr is not a terminal).
 5. SIGINT/SIGTERM: the current step finishes, a checkpoint is saved, `TrainingInterrupted` is raised (exit code 130
@@ -44,6 +46,7 @@ from sdkit.training import checkpoints as ckpt
 from sdkit.training.checkpoints import StopSignals
 from sdkit.training.data import collate
 from sdkit.training.plots import write_loss_files
+from sdkit.training.randomness import step_generator
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -65,6 +68,7 @@ class TrainingSpec:
     dataset: Any  # map-style: __len__ and __getitem__
     loss_fn: Callable[[dict[str, Any], dict[str, torch.nn.Module], torch.Generator], torch.Tensor]
     collate_fn: Callable[[list], Any] = collate
+    batch_sampler: Any = None  # batches of indices (aspect-ratio buckets, `sdkit.training.buckets`); None: shuffled
     params: list[torch.nn.Parameter] | None = None  # optimised/clipped/EMA'd; default: every requires_grad param
     validate: Callable[[int], list[list[tuple[str, Any]]]] | None = None  # step -> grid rows of (label, PIL image); main only
     after_step: Callable[[int], None] | None = None  # after every optimiser step (e.g. restore frozen embedding rows)
@@ -145,11 +149,6 @@ def accelerator_session(common) -> Iterator[Any]:
         GradientState._reset_state()
 
 
-def step_generator(seed: int, micro: int, process_index: int) -> torch.Generator:
-    """The CPU generator of one micro-batch: all its randomness, reproducible on resume and distinct per process."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro * 1_009 + process_index) % 2**63)
-
-
 @contextlib.contextmanager
 def _ema_weights(ema, params: list[torch.nn.Parameter]) -> Iterator[None]:
     """Swap the EMA weights in for the duration of the block (validation)."""
@@ -198,10 +197,14 @@ def run_training(accelerator, common, task: TrainingSpec, on_ready: Callable[[],
         common.lr_scheduler, optimizer, num_warmup_steps=common.lr_warmup_steps * nproc,
         num_training_steps=common.max_steps * nproc,
     )  # fmt: skip
-    loader = DataLoader(
-        task.dataset, batch_size=common.train_batch_size, shuffle=True, collate_fn=task.collate_fn,
-        num_workers=common.num_workers, generator=torch.Generator().manual_seed(common.seed),
-    )  # fmt: skip
+    if task.batch_sampler is not None:  # batches drawn from one bucket each, in an order fixed by seed and epoch
+        loader = DataLoader(task.dataset, batch_sampler=task.batch_sampler, collate_fn=task.collate_fn,
+                            num_workers=common.num_workers)  # fmt: skip
+    else:
+        loader = DataLoader(
+            task.dataset, batch_size=common.train_batch_size, shuffle=True, collate_fn=task.collate_fn,
+            num_workers=common.num_workers, generator=torch.Generator().manual_seed(common.seed),
+        )  # fmt: skip
     if getattr(common, "gradient_checkpointing", False):
         from sdkit.training.speed import enable_gradient_checkpointing
 
@@ -229,6 +232,7 @@ def run_training(accelerator, common, task: TrainingSpec, on_ready: Callable[[],
             notes.append(f"warning: {resume_from} was saved with other data/batch settings: the data order will differ")
     elif common.resume == "latest":
         notes.append(f"no complete checkpoint in {ckpt.checkpoints_dir(output_dir)}: starting from step 0")
+    notes += _unused_launch_plugins(accelerator)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if on_ready is not None:
@@ -354,6 +358,20 @@ def fused_adamw_ok(params: list[torch.nn.Parameter]) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
+def _unused_launch_plugins(accelerator) -> list[str]:
+    """Say so when `accelerate launch --use_fsdp / --use_deepspeed` asked for a plugin the run does not use: on a CPU
+    machine accelerate runs plain DDP over gloo instead (distributed type MULTI_CPU)."""
+    import os
+
+    notes = []
+    for name, variable, kind in (("FSDP", "ACCELERATE_USE_FSDP", "FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
+        running = str(accelerator.distributed_type.value)
+        if os.environ.get(variable, "").lower() in ("1", "true") and running != kind:
+            notes.append(f"warning: {name} was asked for, but accelerate runs this job as {running} (plain data parallel: "
+                         "nothing is sharded); on a CPU machine it always does")
+    return notes
+
+
 def _any_process(accelerator, flag: bool) -> bool:
     """True on every process when any process received a stop signal."""
     if accelerator.num_processes == 1:
@@ -366,4 +384,5 @@ def _signature(common, task: TrainingSpec, nproc: int) -> dict[str, int]:
     return {
         "dataset_size": len(task.dataset), "train_batch_size": common.train_batch_size,
         "gradient_accumulation_steps": common.gradient_accumulation_steps, "num_processes": nproc, "seed": common.seed,
+        **({"batches": len(task.batch_sampler)} if task.batch_sampler is not None else {}),  # buckets
     }  # fmt: skip

@@ -7,17 +7,19 @@ Stable Diffusion pipeline named by `recipe.model`), what trains and on what (`pr
 1. start or finish: `--resume latest` of a run whose result is saved returns it without loading anything; a fresh
    start into a folder that holds a run or a result is refused; a resume checkpoint is verified; `check()`.
 2. the session: torch threads, accelerate (mixed precision, seedable data order), the global seed.
-3. load (fp32 on the CPU), the image resolution, the mixed-precision dtype of the frozen modules.
-4. `prepare`: freezing, adapters, data (decoded here: a broken image stops the run before anything is written), the
-   loss and the validation grid.
+3. load (fp32 on the CPU; SD 1.x/2.x or SDXL), the image resolution, the mixed-precision dtype of the frozen modules.
+4. `prepare`: freezing, adapters, data (decoded here: a broken image stops the run before anything is written;
+   squares or aspect-ratio buckets, `Session.pictures`), the text conditioning of the model's family
+   (`Session.text`), the loss and the validation grid.
 5. train (`sdkit.training.loop`); the resolved recipe is written as OUT/recipe.yaml once a resumed state has loaded.
 6. save, on the main process only, staged and moved into place (`results.save_result`: a full disk keeps the last
    checkpoint and says so).
 7. one `TrainResult`: the result files, the trained pipeline in memory, steps and seconds.
 
 Frozen modules run in the mixed-precision dtype as cast copies (`Session.frozen`): a module that is saved afterwards
-(a full fine-tune's VAE and text encoder) is never rounded. A trainer is one file plus one line in
-`sdkit.tasks.registry`.
+(a full fine-tune's VAE and text encoder) is never rounded. What differs between SD 1.x/2.x and SDXL (one text
+encoder or two, the pooled embedding and micro-conditioning, the pipeline class) lives in `Session` and
+`sdkit.training.text`, not in the trainers. A trainer is one file plus one line in `sdkit.tasks.registry`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,62 @@ class Session:
     def out(self) -> Path:
         return Path(self.recipe.output_dir)
 
+    @property
+    def sdxl(self) -> bool:
+        from sdkit.training.text import is_sdxl
+
+        return is_sdxl(self.pipe)
+
+    @property
+    def text_encoders(self) -> list[str]:
+        """The pipeline's text encoders: text_encoder, and for SDXL text_encoder_2."""
+        return ["text_encoder", "text_encoder_2"] if self.sdxl else ["text_encoder"]
+
+    def stand_ins(self, live: Sequence[str] = (), *, saved: bool = False):
+        """A namespace of the vae, unet and text encoders the loss and validation run: those named in `live` as the
+        pipeline holds them (they train, or carry adapters), the rest as `frozen` modules."""
+        from types import SimpleNamespace
+
+        names = ["vae", "unet", *self.text_encoders]
+        return SimpleNamespace(**{n: getattr(self.pipe, n) if n in live else self.frozen(n, saved=saved) for n in names})
+
+    def pictures(self, paths: Sequence[Path]):
+        """The training images decoded (`sdkit.training.pictures`): squares of `resolution`, or aspect-ratio buckets
+        within resolution² px when `recipe.buckets` says so (None: when any image is not square)."""
+        from sdkit.training.buckets import step_for
+        from sdkit.training.pictures import load_pictures
+
+        recipe, step = self.recipe, None
+        if uses_buckets(getattr(recipe, "buckets", False), paths):
+            step = getattr(recipe, "bucket_step", None) or step_for(self.pipe, resolution_of(None, self.pipe))
+        return load_pictures(paths, self.resolution, recipe.center_crop, step)
+
+    def batches(self, pictures, item_images: Sequence[int] | None = None):
+        """The batch sampler of bucketed pictures (every batch from one bucket; `item_images`: each dataset item's
+        image), or None for squares."""
+        from sdkit.training.buckets import BucketBatches
+
+        if not pictures.bucket_step:
+            return None
+        buckets = pictures.buckets
+        order = range(len(buckets)) if item_images is None else item_images
+        sampler = BucketBatches([buckets[i] for i in order], self.recipe.train_batch_size, self.recipe.seed)
+        if self.accelerator.is_main_process:
+            print(f"aspect-ratio buckets (sides in steps of {pictures.bucket_step} px): {sampler.describe()}", file=sys.stderr)
+        return sampler
+
+    def text(self, frozen, *, caption_dropout: float = 0.0, captions: Sequence[str] = ()):
+        """The text conditioning of this pipeline's family (`sdkit.training.text`), with the recipe's kohya caption
+        options; with `cache_text_embeddings`, `captions` are encoded once here."""
+        from sdkit.training.text import TextConditioning
+
+        recipe = self.recipe
+        text = TextConditioning(self.pipe, frozen, caption_dropout=caption_dropout,
+                                shuffle=getattr(recipe, "shuffle_caption", False), keep_tokens=getattr(recipe, "keep_tokens", 0))  # fmt: skip
+        if getattr(recipe, "cache_text_embeddings", False):
+            text.cache(captions)
+        return text
+
     def frozen(self, name: str, *, saved: bool = False):
         """The pipeline's module `name` for a frozen role, on the device in `dtype`: the module itself when its dtype
         already matches, else a cast COPY; the original is never cast in place. With `saved`, the pipeline keeps the
@@ -119,7 +177,7 @@ class Trainer:
         """Cheap checks of the inputs before anything is loaded (dataset rows, image folders)."""
 
     def load(self, s: Session):
-        """The pipeline to train: `recipe.model` as an SD 1.x/2.x pipeline, fp32 on the CPU."""
+        """The pipeline to train: `recipe.model` as an SD 1.x/2.x or SDXL pipeline, fp32 on the CPU."""
         return load_sd_pipeline(self.recipe)
 
     def saved_bytes(self, s: Session) -> int:
@@ -181,26 +239,40 @@ def train(trainer: Trainer) -> TrainResult:
     return TrainResult(out, files, s.pipe, result.global_step, result.seconds, trainer.info(s))
 
 
-def load_sd_pipeline(recipe, model=None):
-    """The StableDiffusionPipeline named by `recipe.model` (or the resolved `model`), fp32 on the CPU."""
+def load_sd_pipeline(recipe, model=None, *, sdxl: bool = True):
+    """The StableDiffusionPipeline or (with `sdxl`) StableDiffusionXLPipeline named by `recipe.model` (or the resolved
+    `model`), fp32 on the CPU."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from sdkit.models import load_pipeline, resolve_model
 
     pipe = load_pipeline(model or resolve_model(recipe.model, hash_local=False), torch_dtype=torch.float32)
-    if not isinstance(pipe, StableDiffusionPipeline):
-        raise UserError(
-            f"{recipe.model} is a {type(pipe).__name__}: {recipe.task} supports SD 1.x/2.x pipelines "
-            "(StableDiffusionPipeline) only"
-        )
+    classes = (StableDiffusionPipeline, StableDiffusionXLPipeline) if sdxl else (StableDiffusionPipeline,)
+    if not isinstance(pipe, classes):
+        families = "SD 1.x/2.x and SDXL pipelines" if sdxl else "SD 1.x/2.x pipelines (StableDiffusionPipeline) only"
+        raise UserError(f"{recipe.model} is a {type(pipe).__name__}: {recipe.task} supports {families}")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def resolution_of(recipe, pipe) -> int:
     """`recipe.resolution`, or the model's own: the UNet's sample size times the VAE's downsampling factor."""
-    return recipe.resolution or pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    native = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return getattr(recipe, "resolution", None) or native
+
+
+def uses_buckets(setting: bool | None, paths: Sequence[Path]) -> bool:
+    """Aspect-ratio buckets: as set, or (None) when any of the images is not square (their headers are read)."""
+    if setting is not None:
+        return setting
+    from PIL import Image
+
+    for path in paths:
+        with Image.open(path) as image:
+            if image.width != image.height:
+                return True
+    return False
 
 
 def place(module, device, dtype) -> None:
@@ -276,11 +348,19 @@ def prompt_grid(s: Session, make_pipeline: Callable[[], Any], rows: Sequence[Gri
 
 
 def sd_pipeline(pipe, scheduler=None, **modules):
-    """A StableDiffusionPipeline over the pipeline's modules (or the given ones), with `scheduler` or a fresh copy
-    of the pipeline's own sampler: the pipeline validation grids draw with."""
-    from diffusers import StableDiffusionPipeline
+    """A StableDiffusionPipeline (or, for SDXL, StableDiffusionXLPipeline) over the pipeline's modules (or the given
+    ones), with `scheduler` or a fresh copy of the pipeline's own sampler: the pipeline validation grids draw with and
+    the one a full fine-tune saves."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    parts = {name: modules.get(name, getattr(pipe, name)) for name in ("vae", "text_encoder", "tokenizer", "unet")}
+    from sdkit.training.text import is_sdxl
+
+    names = ["vae", "text_encoder", "tokenizer", "unet"]
     scheduler = scheduler or type(pipe.scheduler).from_config(pipe.scheduler.config)
+    if is_sdxl(pipe):
+        parts = {name: modules.get(name, getattr(pipe, name)) for name in [*names, "text_encoder_2", "tokenizer_2"]}
+        return StableDiffusionXLPipeline(**parts, scheduler=scheduler, add_watermarker=False,
+                                         force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt)  # fmt: skip
+    parts = {name: modules.get(name, getattr(pipe, name)) for name in names}
     return StableDiffusionPipeline(**parts, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)  # fmt: skip
