@@ -142,9 +142,23 @@ def make_embedding(path: Path, width: int, vectors: int = 2) -> Path:
     return path
 
 
-def make_library(root: Path, tiny_sd_dir: Path) -> Path:
-    """MODELS/ with loras/star.safetensors, embeddings/zig.safetensors (shapes' text width), checkpoints/tiny-sd,
-    datasets/tiny (8 shapes images at 32 px)."""
+def make_bright_vae(folder: Path) -> Path:
+    """The shapes model's VAE with its decoder's output bias raised: a VAE that visibly changes the picture."""
+    from safetensors.torch import load_file, save_file
+
+    from sdkit.models import ASSETS
+
+    shutil.copytree(ASSETS / "shapes" / "vae", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["decoder.conv_out.bias"] += 0.5
+    save_file(tensors, str(weights))
+    return folder
+
+
+def make_library(root: Path, tiny_sd_dir: Path, tiny_sdxl_dir: Path | None = None) -> Path:
+    """MODELS/ with loras/star.safetensors, embeddings/zig.safetensors (shapes' text width), checkpoints/tiny-sd
+    (and tiny-sdxl when given), vae/bright (the shapes VAE, brighter), datasets/tiny (8 shapes images at 32 px)."""
     import json
 
     from sdkit.data.shapes import write_dataset
@@ -154,6 +168,9 @@ def make_library(root: Path, tiny_sd_dir: Path) -> Path:
     width = json.loads((ASSETS / "shapes" / "text_encoder" / "config.json").read_text())["hidden_size"]
     make_embedding(root / "embeddings" / "zig.safetensors", width)
     shutil.copytree(tiny_sd_dir, root / "checkpoints" / "tiny-sd")
+    if tiny_sdxl_dir is not None:
+        shutil.copytree(tiny_sdxl_dir, root / "checkpoints" / "tiny-sdxl")
+    make_bright_vae(root / "vae" / "bright")
     write_dataset(root / "datasets" / "tiny", 8, seed=0, size=32)
     return root
 

@@ -19,8 +19,8 @@ SMALL = {"width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_sc
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory, tiny_sd_dir: Path) -> Path:
-    return make_library(tmp_path_factory.mktemp("library"), tiny_sd_dir)
+def library(tmp_path_factory, tiny_sd_dir: Path, tiny_sdxl_dir: Path) -> Path:
+    return make_library(tmp_path_factory.mktemp("library"), tiny_sd_dir, tiny_sdxl_dir)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def field_error(response, *loc) -> str:
 
 def test_lists(client, library: Path) -> None:
     models = client.get("/sdapi/v1/sd-models").json()
-    assert [m["model_name"] for m in models] == ["shapes", "tiny-sd"]
+    assert [m["model_name"] for m in models] == ["shapes", "tiny-sd", "tiny-sdxl"]
     for m in models:
         assert set(FIXTURES["sd_model_keys"]) == set(m)
         assert m["title"] == f"{m['model_name']} [{m['hash']}]" and m["sha256"].startswith(m["hash"])
@@ -58,7 +58,8 @@ def test_lists(client, library: Path) -> None:
     assert {"Euler", "Euler a", "DPM++ 2M", "DDIM"} <= {s["name"] for s in samplers}
     assert all(set(s) == set(FIXTURES["sampler_keys"]) for s in samplers)
     schedulers = client.get("/sdapi/v1/schedulers").json()
-    assert [s["label"] for s in schedulers] == ["Automatic", "Karras"]
+    assert [s["label"] for s in schedulers][:4] == ["Automatic", "Uniform", "Karras", "Exponential"]
+    assert {"SGM Uniform", "Beta"} <= {s["label"] for s in schedulers} and "Align Your Steps" not in {s["label"] for s in schedulers}
     assert all(set(s) == set(FIXTURES["scheduler_keys"]) for s in schedulers)
     (lora,) = client.get("/sdapi/v1/loras").json()
     assert set(lora) == set(FIXTURES["lora_keys"]) and lora["name"] == "star"
@@ -66,7 +67,8 @@ def test_lists(client, library: Path) -> None:
     embeddings = client.get("/sdapi/v1/embeddings").json()
     assert set(embeddings) == {"loaded", "skipped"}
     assert set(embeddings["loaded"]["zig"]) == set(FIXTURES["embedding_item_keys"]) and embeddings["loaded"]["zig"]["vectors"] == 2
-    assert client.get("/sdapi/v1/sd-vae").json() == []
+    (vae,) = client.get("/sdapi/v1/sd-vae").json()
+    assert vae["model_name"] == "bright" and vae["filename"].endswith("bright")
     assert "shapes-canny" in client.get("/controlnet/model_list").json()["model_list"]
     assert "canny" in client.get("/controlnet/module_list").json()["module_list"]
     assert client.get("/controlnet/version").json() == {"version": 3}
@@ -217,6 +219,47 @@ def test_skip_moves_to_the_next_image(server, client) -> None:
     assert [t.split("Seed: ")[1].split(",")[0] for t in infotexts] == ["21", "22"]
 
 
+def test_schedule_type_clip_skip_and_vae_reach_the_recipe(client, library: Path) -> None:
+    """A1111's scheduler field, CLIP_stop_at_last_layers and sd_vae (as override_settings and as options) are the
+    recipe's schedule_type, clip_skip and vae, written into the infotext as A1111 writes them."""
+    def run(**fields):
+        answer = txt2img(client, seed=5, sampler_name="DPM++ 2M", **fields)
+        image = decode(answer["images"][0])
+        return pixels_of(answer["images"][0]), json.loads(image.info["sdkit"])["recipe"], image.info["parameters"], json.loads(answer["info"])
+
+    plain, recipe, text, _ = run()
+    assert recipe["schedule_type"] == "Automatic" and "Schedule type: SGM Uniform" in text  # the shapes model's own (trailing)
+    exponential, recipe, text, _ = run(scheduler="Exponential")
+    assert recipe["schedule_type"] == "Exponential" and "Schedule type: Exponential" in text
+    assert np.abs(exponential - plain).max() > 0
+    skipped, recipe, text, info = run(override_settings={"CLIP_stop_at_last_layers": 2})
+    assert recipe["clip_skip"] == 2 and "Clip skip: 2" in text and info["clip_skip"] == 2
+    assert np.abs(skipped - plain).max() > 0
+    bright, recipe, text, info = run(override_settings={"sd_vae": "bright"})
+    assert recipe["vae"] == str((library / "vae" / "bright").resolve()) and "VAE: bright" in text
+    assert info["sd_vae_name"] == "bright" and (bright.mean() > plain.mean() + 5)
+    try:
+        assert client.post("/sdapi/v1/options", json={"sd_vae": "bright", "CLIP_stop_at_last_layers": 2}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_vae"] == "bright"
+        by_option, recipe, _, _ = run()
+        assert recipe["vae"].endswith("bright") and recipe["clip_skip"] == 2
+        assert not np.array_equal(by_option, bright)  # clip skip 2 as well
+    finally:
+        client.post("/sdapi/v1/options", json={"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1})
+
+
+def test_sdxl_refiner(client) -> None:
+    """refiner_checkpoint + refiner_switch_at on an SDXL model: the recipe's refiner, recorded as A1111 records it."""
+    sdxl = {"override_settings": {"sd_model_checkpoint": "tiny-sdxl"}, "width": 32, "height": 32, "prompt": "a cat"}
+    refined = txt2img(client, seed=6, refiner_checkpoint="tiny-sdxl", refiner_switch_at=0.5, **sdxl)
+    image = decode(refined["images"][0])
+    recipe = json.loads(image.info["sdkit"])["recipe"]
+    assert recipe["refiner"].endswith("tiny-sdxl") and recipe["refiner_switch"] == 0.5
+    assert "Refiner: tiny-sdxl [" in image.info["parameters"] and "Refiner switch at: 0.5" in image.info["parameters"]
+    field_error(client.post("/sdapi/v1/txt2img", json={**SMALL, **sdxl, "refiner_checkpoint": "tiny-sdxl",
+                                                      "refiner_switch_at": 1.5}), "refiner_switch_at")  # fmt: skip
+
+
 def test_options_switch_the_model(client) -> None:
     options = client.get("/sdapi/v1/options").json()
     assert options["sd_model_checkpoint"].startswith("shapes [") and options["samples_format"] == "png"
@@ -235,7 +278,8 @@ def test_options_switch_the_model(client) -> None:
         client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "shapes"})
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("shapes [")
     field_error(client.post("/sdapi/v1/options", json={"no_such_option": 1}), "no_such_option")
-    field_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}), "CLIP_stop_at_last_layers")
+    field_error(client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13}), "CLIP_stop_at_last_layers")
+    field_error(client.post("/sdapi/v1/options", json={"sd_vae": "nope.safetensors"}), "sd_vae")
 
 
 @pytest.mark.parametrize("fields, loc", [
@@ -243,8 +287,11 @@ def test_options_switch_the_model(client) -> None:
     ({"styles": ["cinematic"]}, ("styles",)), ({"subseed_strength": 0.5}, ("subseed_strength",)),
     ({"script_name": "X/Y/Z plot"}, ("script_name",)), ({"alwayson_scripts": {"ADetailer": {"args": []}}}, ("alwayson_scripts", "ADetailer")),
     ({"refiner_checkpoint": "sdxl-refiner"}, ("refiner_checkpoint",)), ({"s_churn": 1.0}, ("s_churn",)),
-    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, ("override_settings", "CLIP_stop_at_last_layers")),
-    ({"sampler_name": "DPM adaptive"}, ("sampler_name",)), ({"scheduler": "Exponential"}, ("scheduler",)),
+    ({"refiner_checkpoint": "tiny-sdxl"}, ("refiner_checkpoint",)),  # the shapes model is no SDXL model
+    ({"override_settings": {"CLIP_stop_at_last_layers": 0}}, ("override_settings", "CLIP_stop_at_last_layers")),
+    ({"override_settings": {"sd_vae": "nope"}}, ("override_settings", "sd_vae")), ({"prompt": "x <lora:/etc/x:1>"}, ("prompt",)),
+    ({"sampler_name": "DPM adaptive"}, ("sampler_name",)), ({"scheduler": "Align Your Steps"}, ("scheduler",)),
+    ({"scheduler": "Karras", "sampler_name": "Euler a"}, ("scheduler",)), ({"scheduler": "bogus"}, ("scheduler",)),
     ({"sampler_name": "Euler a", "eta": 0.5}, ("eta",)), ({"width": 100}, ("width",)), ({"steps": "many"}, ("steps",)),
     ({"batch_size": 50, "n_iter": 50}, ("batch_size",)), ({"seed": "x"}, ("seed",)),
 ])  # fmt: skip

@@ -50,11 +50,11 @@ def refused(client, *loc, **fields) -> str:
     return detail["msg"]
 
 
-def test_generate_job_writes_what_the_cli_writes(server, client, tmp_path: Path) -> None:
+def test_generate_job_writes_what_the_cli_writes(server, client, library: Path, tmp_path: Path) -> None:
     job = wait_job(client, submit(client, seed=11, num_images=2, out="cli-compare"))
     assert job["status"] == "done" and job["outputs"] == ["generate/cli-compare/00001-11.png", "generate/cli-compare/00002-12.png"]
     cli = subprocess.run([sys.executable, "-m", "sdkit", "generate", SHAPES_PROMPT, "--steps", "6", "--cfg", "5", "--scheduler",
-                          "Euler", "--seed", "11", "--num-images", "2", "-o", str(tmp_path / "cli")],
+                          "Euler", "--seed", "11", "--num-images", "2", "--models-dir", str(library), "-o", str(tmp_path / "cli")],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     for name in ("00001-11.png", "00002-12.png"):
@@ -100,13 +100,17 @@ def test_cancel_queued_and_running_jobs(client) -> None:
 def test_library_names_and_uploads_instead_of_paths(client, library: Path) -> None:
     lora = wait_job(client, submit(client, seed=3, lora=["star:0.8"], out="with-lora"))
     assert lora["status"] == "done", lora
-    assert lora["recipe"]["lora"] == [{"path": str((library / "loras" / "star.safetensors").resolve()), "weight": 0.8}]
+    assert lora["recipe"]["lora"] == [{"path": str((library / "loras" / "star.safetensors").resolve()), "weight": 0.8, "unet_weight": None}]
     source = Image.new("RGB", (64, 64), (20, 40, 200))
     init = wait_job(client, submit(client, seed=3, init_image="data:image/png;base64," + b64png(source), strength=0.6,
                                    out="img2img"))  # fmt: skip
     assert init["status"] == "done" and Path(init["recipe"]["init_image"]).parent.name == "uploads"
     again = wait_job(client, submit(client, seed=3, init_image=f"gallery:{lora['outputs'][0]}", strength=0.6, out="img2img"))
     assert again["status"] == "done" and again["recipe"]["init_image"] == str(Path(lora["result"]["images"][0]).resolve())
+    tagged = wait_job(client, submit(client, seed=3, prompt=f"{SHAPES_PROMPT} <lora:star:0.8>", vae="bright", out="tagged"))
+    assert tagged["status"] == "done", tagged
+    assert tagged["recipe"]["lora"] == [{"path": str((library / "loras" / "star.safetensors").resolve()), "weight": 0.8, "unet_weight": None}]
+    assert tagged["recipe"]["vae"] == str((library / "vae" / "bright").resolve()) and "<lora" not in tagged["recipe"]["prompt"]
 
 
 @pytest.mark.parametrize("fields, loc", [
@@ -117,6 +121,9 @@ def test_library_names_and_uploads_instead_of_paths(client, library: Path) -> No
     ({"annotators_dir": "/tmp"}, ("annotators_dir",)), ({"device": "cuda:3"}, ("device",)), ({"task": "rm-rf"}, ("task",)),
     ({"stepz": 3}, ("stepz",)), ({"cfg": -1}, ("cfg",)), ({"num_images": 101}, ("num_images",)),
     ({"control": [{"type": "canny", "image": "/etc/hosts"}]}, ("control", 0, "image")),
+    ({"prompt": "x <lora:/tmp/x.safetensors:1>"}, ("prompt",)), ({"vae": "/tmp/vae"}, ("vae",)),
+    ({"refiner": "/tmp/refiner"}, ("refiner",)), ({"models_dir": ["/"]}, ("models_dir",)), ({"config": "/tmp/x.yaml"}, ("config",)),
+    ({"task": "eval-clip-score", "images": "x", "clip_model": "/tmp/clip"}, ("clip_model",)),
 ])  # fmt: skip
 def test_paths_and_bad_fields_are_refused(client, fields: dict, loc: tuple) -> None:
     refused(client, *loc, **fields)

@@ -71,19 +71,28 @@ def test_cancel_only_touches_queued_jobs(tmp_path: Path) -> None:
 
 
 def test_catalog_names_titles_and_hashes(tmp_path: Path) -> None:
+    """The server's names are sdkit.library's (an A1111 models/ folder here) plus the shipped models, A1111 titles and
+    datasets; pickles are refused by name."""
+    (tmp_path / "Stable-diffusion").mkdir()
     (tmp_path / "Lora" / "styles").mkdir(parents=True)
     (tmp_path / "Lora" / "styles" / "ink.safetensors").write_bytes(b"x")
-    (tmp_path / "Lora" / "old.ckpt").write_bytes(b"x")  # pickles are never listed
-    shapes = catalog.find("checkpoints", "shapes", None)
-    assert catalog.find("checkpoints", shapes.title, None) == shapes
-    assert catalog.find("checkpoints", shapes.short_hash, None) == shapes
+    (tmp_path / "Lora" / "old.ckpt").write_bytes(b"y")  # pickles are never listed
+    (tmp_path / "datasets" / "tiny").mkdir(parents=True)
+    (tmp_path / "datasets" / "tiny" / "metadata.jsonl").write_text("")
+    shapes = catalog.find("checkpoints", "shapes", tmp_path)
+    assert catalog.find("checkpoints", shapes.title, tmp_path) == shapes
+    assert catalog.find("checkpoints", shapes.short_hash, tmp_path) == shapes
     assert [e.name for e in catalog.entries("loras", tmp_path)] == ["styles/ink"]
-    assert catalog.find("loras", "styles/ink.safetensors", tmp_path).path == (tmp_path / "Lora/styles/ink.safetensors").resolve()
-    assert catalog.model_name(catalog.find("loras", "styles/ink", tmp_path)) == "styles_ink"
-    with pytest.raises(UserError, match="'old' is not in the library"):
+    ink = catalog.find("loras", "styles/ink.safetensors", tmp_path)
+    assert ink.path == (tmp_path / "Lora/styles/ink.safetensors").resolve() and catalog.model_name(ink) == "styles_ink"
+    assert catalog.find("loras", "ink", tmp_path) == ink == catalog.find("loras", f"ink [{ink.short_hash}]", tmp_path)
+    assert catalog.find("loras", ink.sha256[:12], tmp_path) == ink
+    assert catalog.find("datasets", "tiny", tmp_path).path == (tmp_path / "datasets" / "tiny").resolve()
+    with pytest.raises(UserError, match="'old' is a pickle"):
         catalog.find("loras", "old", tmp_path)
-    with pytest.raises(UserError, match="not in the library"):
-        catalog.find("checkpoints", "/etc/passwd", tmp_path)
+    for bad in ("/etc/passwd", "../Lora/styles/ink.safetensors", str(ink.path)):
+        with pytest.raises(UserError, match="not in the library"):
+            catalog.find("loras" if "ink" in bad else "checkpoints", bad, tmp_path)
 
 
 def test_infotext_read_as_a1111_reads_it() -> None:

@@ -254,7 +254,7 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Outputs (the gallery); the queue lives in its .sdkit-server/.")] = Path("outputs"),
     state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Queue database, uploads and job logs (default: OUTPUT/.sdkit-server).")] = None,  # noqa: UP045
-    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", help="Library: checkpoints/ loras/ embeddings/ vae/ controlnet/ datasets/ (or A1111's folder names).")] = None,  # noqa: UP045
+    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", help="Model library (sdkit, ComfyUI or A1111 layout) and its datasets/; default: $SDKIT_MODELS, else the config file.")] = None,  # noqa: UP045
     api_auth: Annotated[Optional[str], typer.Option("--api-auth", help="HTTP basic auth on every route: USER:PASSWORD[,USER:PASSWORD].")] = None,  # noqa: UP045
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without --api-auth.")] = False,
     cors_allow_origins: Annotated[Optional[list[str]], typer.Option("--cors-allow-origins", help="Allow browser pages from this origin (repeatable); CORS is off without it.")] = None,  # noqa: UP045

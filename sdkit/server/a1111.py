@@ -3,15 +3,15 @@ fields of StableDiffusionProcessingTxt2Img / Img2Img, every one optional, with A
 sdkit generate recipe.
 
 Unknown keys are ignored, as A1111's pydantic models ignore them. A known field that sdkit cannot honour (hires fix,
-face restoration, tiling, styles, variation seeds, scripts, a refiner, ...) is an error naming it, unless it holds the
-value that means "off"; it is never silently dropped. `<lora:name:weight>` tags in the prompt pick LoRAs from the
-library (and are removed from the text the encoder reads); library embeddings are used where their name appears in
-a prompt, as A1111 does.
+face restoration, tiling, styles, variation seeds, scripts other than ControlNet, ...) is an error naming it, unless
+it holds the value that means "off"; it is never silently dropped. What generate has, a request maps onto: the sampler
+and schedule type (`sdkit.schedulers`), clip skip and the VAE (options or override_settings), an SDXL refiner.
+`<lora:name:weight>` tags in the prompt (read by `sdkit.prompt_names`) pick LoRAs from the library by name, never by
+path; library embeddings are used where their name appears in a prompt, as A1111 does (generate finds them).
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -25,7 +25,6 @@ from sdkit.server import catalog
 from sdkit.server.a1111_units import FieldError, units
 from sdkit.server.config import ServerConfig
 
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?(?::([^:>]+))?>")
 A1111_SEEDS = 4294967294  # A1111 draws a random seed below this
 
 
@@ -118,7 +117,7 @@ OFF: dict[str, tuple[Any, ...]] = {
     "styles": (None, []), "subseed_strength": (None, 0), "seed_resize_from_h": (None, -1, 0),
     "seed_resize_from_w": (None, -1, 0), "restore_faces": (None, False), "tiling": (None, False),
     "s_min_uncond": (None, 0), "s_churn": (None, 0), "s_tmax": (None, 0), "s_tmin": (None, 0), "s_noise": (None, 1),
-    "refiner_checkpoint": (None, "", "None", "none"), "firstpass_image": (None, ""), "enable_hr": (None, False),
+    "firstpass_image": (None, ""), "enable_hr": (None, False),
     "image_cfg_scale": (None,), "initial_noise_multiplier": (None, 1), "latent_mask": (None, ""),
     "resize_mode": (None, 0), "inpaint_full_res": (False,),
 }  # fmt: skip
@@ -127,6 +126,7 @@ FIXES = {
     "inpaint_full_res": "sdkit inpaints the whole picture: send inpaint_full_res: false",
     "resize_mode": "sdkit stretches the init image to the size (resize_mode 0, Just resize)",
 }  # fmt: skip
+NO_REFINER = (None, "", "None", "none")
 
 
 @dataclass
@@ -161,18 +161,15 @@ def checkpoint(name: str | None, ctx: Context, loc: tuple) -> catalog.Entry:
     return at(loc, catalog.find, "checkpoints", name or ctx.options["sd_model_checkpoint"], ctx.models_dir)
 
 
-def sampler(name: str | None, schedule: str | None) -> str:
-    """sdkit's scheduler for A1111's sampler_name + scheduler (schedule type). Until sdkit has schedule types, the
-    automatic schedule is the sampler itself and Karras its Karras variant; other schedule types are refused."""
+def sampler(name: str | None, schedule: str | None) -> tuple[str, str]:
+    """sdkit's (scheduler, schedule_type) for A1111's sampler_name + scheduler (`sdkit.schedulers`, which knows A1111's
+    samplers and schedule types, and says why one cannot run)."""
     from sdkit import schedulers
 
-    base = at(("sampler_name",), schedulers.resolve, name or "Euler").name
-    kind = (schedule or "automatic").strip().lower()
-    if kind == "automatic" or (kind == "karras" and base.endswith(" Karras")):
-        return base
-    if kind == "karras":
-        return at(("scheduler",), schedulers.resolve, f"{base} Karras").name
-    raise FieldError(("scheduler",), f"schedule type {schedule!r} is not available in sdkit: use Automatic or Karras")
+    label = at(("scheduler",), schedulers.schedule_label, schedule)
+    at(("sampler_name",), schedulers.resolve, name or "Euler")
+    choice = at(("scheduler",), schedulers.resolve, name or "Euler", label)
+    return choice.name, choice.schedule
 
 
 def check_off(req: Processing) -> None:
@@ -199,35 +196,60 @@ def check_eta(req: Processing) -> None:
         raise FieldError(("eta",), f"sdkit runs {name} with eta {default:g}: send {default:g} or leave eta out")
 
 
-def prompt_adapters(req: Processing, ctx: Context) -> tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(prompt, negative prompt, LoRAs, embeddings): `<lora:name:weight>` tags resolved and removed, and the library's
-    embeddings whose names the prompts use."""
-    prompt, negative = req.prompt or "", req.negative_prompt or ""
+def prompt_loras(prompt: str, models_dir: Path | None, loc: tuple = ("prompt",), use: bool = True) -> tuple[str, list[dict]]:
+    """The prompt without its `<lora:...>` tags, and the tags' LoRAs: library names only (a path in a tag is not
+    looked at); with `use` False (A1111's disable_extra_networks) the tags are dropped unused."""
+    from sdkit.prompt_names import split_lora_tags
+
+    text, tags = at(loc, split_lora_tags, prompt)
     loras = []
-    for tag in LORA_TAG.finditer(prompt):
-        if tag.group(3) is not None:
-            raise FieldError(("prompt",), f"{tag.group(0)}: separate text-encoder and UNet weights are not supported")
-        try:
-            weight = float(tag.group(2)) if tag.group(2) is not None else 1.0
-        except ValueError:
-            raise FieldError(("prompt",), f"{tag.group(0)}: the weight must be a number") from None
-        if not req.disable_extra_networks:
-            entry = at(("prompt",), catalog.find, "loras", tag.group(1), ctx.models_dir)
-            loras.append({"path": str(entry.path), "weight": weight})
-    prompt = re.sub(r"\s*,?\s*" + LORA_TAG.pattern, "", prompt).strip(" ,")
-    words = set(re.findall(r"[^\s,()\[\]:]+", f"{prompt} {negative}"))
-    embeddings = [{"path": str(e.path), "token": e.name} for e in catalog.entries("embeddings", ctx.models_dir)
-                  if e.name in words]  # fmt: skip
-    return prompt, negative, loras, embeddings
+    for tag in tags if use else []:
+        lora = {"path": str(at(loc, catalog.find, "loras", tag.name, models_dir).path), "weight": tag.weight}
+        loras.append({**lora, "unet_weight": tag.unet} if tag.unet is not None else lora)
+    return text, loras
+
+
+def settings(req: Processing, ctx: Context, model: catalog.Entry, kind: str, units_on: bool
+             ) -> tuple[dict[str, Any], catalog.Entry | None]:  # fmt: skip
+    """Recipe fields from the options in force (override_settings over the stored options): clip skip and the VAE
+    (with its entry); and the refiner of an SDXL model."""
+    values = {**ctx.options, **check_overrides(dict(req.override_settings or {}), ctx)}
+    fields: dict[str, Any] = {"clip_skip": int(values.get("CLIP_stop_at_last_layers") or 1)}
+    vae = None
+    if values.get("sd_vae") not in (None, "Automatic", "None"):
+        vae = at(("override_settings", "sd_vae"), catalog.find, "vae", values["sd_vae"], ctx.models_dir)
+        fields["vae"] = vae.ref
+    if req.refiner_checkpoint not in NO_REFINER:
+        refiner = at(("refiner_checkpoint",), catalog.find, "checkpoints", req.refiner_checkpoint, ctx.models_dir)
+        family = model_family(model)
+        if "XL" not in family or "XL" not in model_family(refiner):
+            raise FieldError(("refiner_checkpoint",), f"sdkit's refiner hands an SDXL model's latents to an SDXL refiner; "
+                             f"{model.name} is {family}, {refiner.name} is {model_family(refiner)}: leave the refiner out")  # fmt: skip
+        if kind != "txt2img" or units_on:
+            raise FieldError(("refiner_checkpoint",), "sdkit's refiner works with txt2img without ControlNet: leave it out")
+        switch = 0.8 if req.refiner_switch_at is None else req.refiner_switch_at
+        if not 0 < switch < 1:
+            raise FieldError(("refiner_switch_at",), f"give a share of the steps in (0, 1) (got {switch})")
+        fields.update(refiner=refiner.ref, refiner_switch=switch)
+    return fields, vae
+
+
+def model_family(entry: catalog.Entry) -> str:
+    """The family title of a checkpoint ("SDXL base", "SD 1.x", ...), read from its files (`sdkit.model_info`)."""
+    from sdkit.library import Entry
+    from sdkit.model_info import checkpoint_family
+
+    return checkpoint_family(Entry("checkpoints", entry.path, entry.filename))
 
 
 def apply_infotext(req: Processing) -> None:
     """A1111's `infotext` field: its values fill the fields the request did not set."""
     if not req.infotext:
         return
-    from sdkit.server.pnginfo import parse
+    from sdkit.infotext import parse
 
-    params, sent = parse(req.infotext), req.model_fields_set
+    read = at(("infotext",), parse, req.infotext)
+    params, sent = {"Prompt": read.prompt, "Negative prompt": read.negative, **read.fields}, req.model_fields_set
     mapping = {"prompt": ("Prompt", str), "negative_prompt": ("Negative prompt", str), "steps": ("Steps", int),
                "sampler_name": ("Sampler", str), "scheduler": ("Schedule type", str), "cfg_scale": ("CFG scale", float),
                "seed": ("Seed", int), "width": ("Size-1", int), "height": ("Size-2", int),
@@ -242,18 +264,19 @@ def generate_fields(req: Processing, kind: str, ctx: Context) -> tuple[dict[str,
     apply_infotext(req)
     check_off(req)
     overrides = dict(req.override_settings or {})
-    model = checkpoint(overrides.pop("sd_model_checkpoint", None), ctx, ("override_settings", "sd_model_checkpoint"))
-    check_overrides(overrides, ctx)
+    model = checkpoint(overrides.get("sd_model_checkpoint"), ctx, ("override_settings", "sd_model_checkpoint"))
     images = (req.batch_size or 1) * (req.n_iter or 1)
     if images < 1 or images > ctx.config.max_images:
         raise FieldError(("batch_size",), f"batch_size x n_iter is {images}: give 1..{ctx.config.max_images} images")
-    prompt, negative, loras, embeddings = prompt_adapters(req, ctx)
+    prompt, loras = prompt_loras(req.prompt or "", ctx.models_dir, use=not req.disable_extra_networks)
+    scheduler, schedule_type = sampler(req.sampler_name or req.sampler_index, req.scheduler)
     seed = req.seed if req.seed is not None and req.seed >= 0 else secrets.randbelow(A1111_SEEDS)
     fields: dict[str, Any] = {
-        "prompt": prompt, "negative": negative, "model": model.ref, "scheduler": sampler(req.sampler_name or req.sampler_index, req.scheduler),
-        "steps": req.steps, "cfg": req.cfg_scale, "width": req.width, "height": req.height, "seed": seed,
-        "num_images": images, "lora": loras, "embedding": embeddings, "dtype": ctx.config.dtype,
+        "prompt": prompt, "negative": req.negative_prompt or "", "model": model.ref, "scheduler": scheduler,
+        "schedule_type": schedule_type, "steps": req.steps, "cfg": req.cfg_scale, "width": req.width,
+        "height": req.height, "seed": seed, "num_images": images, "lora": loras, "dtype": ctx.config.dtype,
         "out": str(ctx.config.output_dir / f"{kind}-images" if req.save_images else ctx.config.state / "unsaved"),
+        **({"models_dir": [str(ctx.models_dir)]} if ctx.models_dir is not None else {}),  # embeddings named in prompts
     }  # fmt: skip
     init = None
     if isinstance(req, Img2Img):
@@ -261,23 +284,25 @@ def generate_fields(req: Processing, kind: str, ctx: Context) -> tuple[dict[str,
     unit_list = units((req.alwayson_scripts or {}).get("controlnet", {}).get("args", []),
                       ctx, (req.width or 0, req.height or 0), init) if "controlnet" in {k.lower() for k in req.alwayson_scripts or {}} else []  # fmt: skip
     fields["control"] = [u.control for u in unit_list]
+    chosen, vae = settings(req, ctx, model, kind, bool(unit_list))
+    fields.update(chosen)
     subseed = req.subseed if req.subseed is not None and req.subseed >= 0 else secrets.randbelow(A1111_SEEDS)
     extras = {"request": req.model_dump(), "send_images": req.send_images is not False, "save_images": bool(req.save_images),
               "detected_maps": [u.save_detected_map for u in unit_list], "model": model.name, "model_hash": model.short_hash,
+              "vae": vae.filename if vae else None, "vae_hash": vae.short_hash if vae else None,
               "sampler": req.sampler_name or req.sampler_index or "Euler", "subseed": subseed, "kind": kind,
               "include_init_images": bool(getattr(req, "include_init_images", False))}  # fmt: skip
-    if req.override_settings_restore_afterwards is False and req.override_settings:
-        extras["keep_options"] = {**overrides, "sd_model_checkpoint": model.name} if "sd_model_checkpoint" in (
-            req.override_settings) else overrides  # A1111 keeps the overrides as the options afterwards
+    if req.override_settings_restore_afterwards is False and overrides:
+        extras["keep_options"] = {**check_overrides(overrides, ctx), **(
+            {"sd_model_checkpoint": model.name} if "sd_model_checkpoint" in overrides else {})}  # A1111 keeps them
     return fields, extras
 
 
-def check_overrides(overrides: dict[str, Any], ctx: Context) -> None:
-    """override_settings other than the checkpoint: honoured when they hold a value sdkit runs with."""
+def check_overrides(overrides: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    """override_settings as the options take them (each checked, the checkpoint as its library name)."""
     from sdkit.server.options import check_option
 
-    for key, value in overrides.items():
-        at(("override_settings", key), check_option, key, value, ctx.models_dir)
+    return {key: at(("override_settings", key), check_option, key, value, ctx.models_dir) for key, value in overrides.items()}
 
 
 def img2img_inputs(req: Img2Img, ctx: Context, fields: dict[str, Any]) -> Path:
@@ -329,9 +354,9 @@ def info(fields: dict[str, Any], extras: dict[str, Any], result: dict[str, Any])
         "subseed_strength": 0, "width": fields["width"], "height": fields["height"], "sampler_name": extras["sampler"],
         "cfg_scale": fields["cfg"], "steps": fields["steps"], "batch_size": req.get("batch_size") or 1,
         "restore_faces": False, "face_restoration_model": None, "sd_model_name": extras["model"],
-        "sd_model_hash": extras["model_hash"], "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1,
+        "sd_model_hash": extras["model_hash"], "sd_vae_name": extras.get("vae"), "sd_vae_hash": extras.get("vae_hash"), "seed_resize_from_w": -1,
         "seed_resize_from_h": -1, "denoising_strength": req.get("denoising_strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.get("infotexts", []),
-        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": fields.get("clip_skip", 1),
         "is_using_inpainting_conditioning": False, "version": f"sdkit {__version__}",
     }  # fmt: skip

@@ -1,19 +1,15 @@
-"""What the server can load, by name: checkpoints, LoRAs, embeddings, VAEs, ControlNets and datasets.
+"""What the server can load, by name: sdkit's model library (`sdkit.library`) with the server's own rules on top.
 
-Clients name things; they never give paths. `entries(kind, models_dir)` is the one place that lists a kind (the
-A1111 routes, the page and the job API all read it), and `find(kind, name, models_dir)` the one place that turns a
-client's name into a file. Point both at the model library when it lands; until then they read `--models-dir`:
+Clients name things; they never give paths. `entries(kind, models_dir)` lists a kind (the A1111 routes, the page and
+the job API all read it) and `find(kind, name, models_dir)` turns a client's name into a file. Checkpoints, LoRAs,
+embeddings, VAEs and ControlNets come from the library (`--models-dir`, else `$SDKIT_MODELS` or the config file; the
+sdkit, ComfyUI and A1111 layouts), looked up as `sdkit.library.find` looks them up (relative path, file name, stem,
+short hash). What the server adds:
 
-    MODELS/checkpoints/  (or A1111's Stable-diffusion/)  diffusers folders (model_index.json) and .safetensors files
-    MODELS/loras/        (or Lora/)                      .safetensors
-    MODELS/embeddings/                                   .safetensors
-    MODELS/vae/          (or VAE/)                       .safetensors files and diffusers folders
-    MODELS/controlnet/   (or ControlNet/)                diffusers folders (config.json)
-    MODELS/datasets/                                     imagefolder datasets (for training jobs)
-
-plus what sdkit ships: the `shapes` checkpoint and the `shapes-canny` ControlNet. A name is the path below the kind's
-folder without its suffix (`my-model`, `sub/my-model`); A1111's titles (`my-model.safetensors [0123456789]`), model
-names, file names and short hashes (sha256[:10]) find checkpoints too. Pickles are never listed.
+- what sdkit ships, by its alias: the `shapes` checkpoint and the `shapes-canny` ControlNet;
+- A1111's titles (`my-model.safetensors [0123456789]`: the name, checked against the hash);
+- datasets for training jobs: imagefolder datasets (metadata.jsonl) in `datasets/` of each library folder;
+- never a pickle: a server loads only .safetensors files and diffusers folders (`allow_pickle` is not a client's).
 """
 
 from __future__ import annotations
@@ -22,20 +18,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdkit import library
 from sdkit.errors import UserError
 
-KINDS: dict[str, tuple[str, ...]] = {  # kind -> folder names under --models-dir, sdkit's first, then A1111's
-    "checkpoints": ("checkpoints", "Stable-diffusion"),
-    "loras": ("loras", "Lora"),
-    "embeddings": ("embeddings",),
-    "vae": ("vae", "VAE"),
-    "controlnet": ("controlnet", "ControlNet"),
-    "datasets": ("datasets",),
-}
-LABELS = {"checkpoints": "model", "loras": "LoRA", "embeddings": "embedding", "vae": "VAE", "controlnet": "ControlNet",
-          "datasets": "dataset"}  # fmt: skip
+KINDS = (*library.KINDS, "datasets")
+LABELS = {**library.KIND_WORDS, "datasets": "dataset"}
 HASHED = ("checkpoints", "loras", "vae")  # kinds whose entries carry a content hash (A1111 shows them)
-TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +32,7 @@ class Entry:
     kind: str
     name: str  # what clients send
     path: Path
-    filename: str  # the file or folder name, with its suffix (A1111's titles use it)
+    filename: str  # the path below the kind's folder with its suffix (A1111's titles use it)
     builtin: bool = False  # shipped with sdkit: sdkit knows its name as an alias
 
     @property
@@ -70,6 +59,11 @@ class Entry:
         return f"{self.filename} [{self.short_hash}]" if self.short_hash else self.filename
 
 
+def dirs(models_dir: Path | None) -> list[Path] | None:
+    """The library folders as `sdkit.library` takes them (None: its defaults)."""
+    return [Path(models_dir)] if models_dir is not None else None
+
+
 def _builtin(kind: str) -> list[Entry]:
     from sdkit.models import ASSETS
 
@@ -77,60 +71,57 @@ def _builtin(kind: str) -> list[Entry]:
     return [Entry(kind, name, ASSETS / name, name, builtin=True) for name in shipped if (ASSETS / name).is_dir()]
 
 
-def _is_entry(kind: str, path: Path) -> bool:
-    if path.name.startswith("."):
-        return False
-    if path.is_file():
-        return path.suffix == ".safetensors" and kind in ("checkpoints", "loras", "embeddings", "vae")
-    if not path.is_dir():
-        return False
-    marker = {"checkpoints": "model_index.json", "vae": "config.json", "controlnet": "config.json",
-              "datasets": "metadata.jsonl"}.get(kind)  # fmt: skip
-    return marker is not None and (path / marker).is_file()
+def _loadable(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() == ".safetensors"
 
 
-def _scan(kind: str, folder: Path) -> list[Entry]:
+def _datasets(models_dir: Path | None) -> list[Entry]:
     found = []
-    stack = [folder]
-    while stack:
-        here = stack.pop()
-        for path in sorted(here.iterdir()):
-            if _is_entry(kind, path):
-                rel = path.relative_to(folder)
-                name = rel.with_suffix("").as_posix() if path.is_file() else rel.as_posix()
-                found.append(Entry(kind, name, path.resolve(), rel.as_posix()))
-            elif path.is_dir() and not path.name.startswith(".") and not path.is_symlink():
-                stack.append(path)
+    for root in library.roots(dirs(models_dir)):
+        folder = root.path / "datasets"
+        if folder.is_dir():
+            found += [Entry("datasets", p.parent.relative_to(folder).as_posix(), p.parent.resolve(),
+                            p.parent.relative_to(folder).as_posix()) for p in sorted(folder.rglob("metadata.jsonl"))]  # fmt: skip
     return found
+
+
+def folders(models_dir: Path | None) -> list[Path]:
+    """Every folder the server reads models and datasets from (the recipe paths it lets jobs use)."""
+    roots = library.roots(dirs(models_dir))
+    return [root.path for root in roots] + [f for root in roots for kind in library.KINDS for f in root.folders(kind)]
 
 
 def entries(kind: str, models_dir: Path | None) -> list[Entry]:
-    """Every entry of `kind`: sdkit's shipped ones, then --models-dir's, sorted by name within each."""
+    """Every entry of `kind`: sdkit's shipped ones, then the library's (pickles left out)."""
     if kind not in KINDS:
         raise ValueError(f"unknown catalog kind {kind!r}")
-    found = _builtin(kind)
-    if models_dir is not None:
-        for folder_name in KINDS[kind]:
-            folder = Path(models_dir) / folder_name
-            if folder.is_dir():
-                found += sorted(_scan(kind, folder), key=lambda e: e.name)
-    return found
+    if kind == "datasets":
+        return _datasets(models_dir)
+    listed = [Entry(kind, e.name, e.path, e.rel) for e in library.entries(kind, dirs(models_dir)) if _loadable(e.path)]
+    return _builtin(kind) + listed
 
 
 def find(kind: str, name: str, models_dir: Path | None, what: str = "") -> Entry:
     """The entry a client named (see the module docstring for the names that match); UserError naming the choices."""
     wanted = str(name).strip()
-    bare = TITLE_HASH.sub("", wanted)
-    listed = entries(kind, models_dir)
-    for entry in listed:
-        if wanted in (entry.name, entry.filename) or bare in (entry.name, entry.filename):
-            return entry
-    if kind in HASHED and re.fullmatch(r"[0-9a-fA-F]{10}|[0-9a-fA-F]{64}", bare):
-        for entry in listed:
-            if entry.sha256 and entry.sha256.startswith(bare.lower()):
-                return entry
-    names = ", ".join(e.name for e in listed[:20]) or "none"
     label = what or LABELS[kind]
+    for entry in _builtin(kind) + (_datasets(models_dir) if kind == "datasets" else []):
+        if wanted in (entry.name, entry.title):
+            return entry
+    if kind != "datasets" and wanted:
+        title = TITLE.match(wanted)
+        bare, short_hash = (title.group(1), title.group(2)) if title else (wanted, None)
+        if short_hash is None and library.HEX.match(bare):
+            hit = next((e for e in _builtin(kind) if kind in HASHED and (e.sha256 or "").startswith(bare.lower())), None)
+            if hit is not None:
+                return hit
+        path = library.find(kind, bare or None, short_hash, dirs(models_dir))
+        if path is not None and not _loadable(path):
+            raise UserError(f"{label} {wanted!r} is a pickle ({path.name}): the server loads only .safetensors files and "
+                            "diffusers folders: convert it (`sdkit convert`) or save it as .safetensors")  # fmt: skip
+        if path is not None:
+            return next(e for e in entries(kind, models_dir) if e.path == path)
+    names = ", ".join(e.name for e in entries(kind, models_dir)[:20]) or "none"
     raise UserError(f"{label} {wanted!r} is not in the library (available: {names}): name one of them")
 
 

@@ -76,6 +76,7 @@ def as_form(recipe: dict[str, Any] | None, models_dir: Path | None) -> dict[str,
     is not in the library any more is left out (None) rather than sent back as a path."""
     if not recipe:
         return None
+    from sdkit.errors import UserError
     from sdkit.server import catalog
 
     def name_of(kind: str, ref: Any) -> str | None:
@@ -84,8 +85,15 @@ def as_form(recipe: dict[str, Any] | None, models_dir: Path | None) -> dict[str,
         target = Path(str(ref)).resolve()
         return next((e.name for e in catalog.entries(kind, models_dir) if ref == e.ref or e.path.resolve() == target), None)
 
-    keys = ("prompt", "negative", "scheduler", "steps", "cfg", "width", "height", "seed", "strength")
+    keys = ("prompt", "negative", "scheduler", "schedule_type", "steps", "cfg", "width", "height", "seed", "strength")
     form = {key: recipe.get(key) for key in keys}
+    if form["schedule_type"] is not None:
+        from sdkit.schedulers import schedule_label
+
+        try:
+            form["schedule_type"] = schedule_label(form["schedule_type"])  # the page lists A1111's labels
+        except UserError:
+            form["schedule_type"] = None
     form["model"] = name_of("checkpoints", recipe.get("model"))
     form["lora"] = [{"name": name_of("loras", item.get("path")), "weight": item.get("weight", 1.0)}
                     for item in recipe.get("lora") or [] if isinstance(item, dict)]  # fmt: skip

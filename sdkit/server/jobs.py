@@ -2,7 +2,8 @@
 (`{"task": "generate", "prompt": ..., ...}`), validated by the same schemas (`Task.recipe`).
 
 Everything that names a file is resolved by the server, never taken as a path: models, LoRAs, embeddings, VAEs,
-ControlNets and datasets are library names (`catalog`); images are `gallery:NAME` (an output) or a data: URL
+ControlNets and datasets are library names (`catalog`), and so are `<lora:NAME:W>` tags in a prompt; a field that
+takes a hub id (a CLIP model, a convert source) is refused when it names a local path; images are `gallery:NAME` (an output) or a data: URL
 (an upload); outputs go under the output folder, to `<task>/<run>` (generate: `generate/`), or to a plain folder
 name the client gives. A last check refuses any path in the validated recipe that lies outside the server's own
 folders, so a field this module does not know about cannot smuggle one in.
@@ -24,10 +25,12 @@ from sdkit.server.a1111 import FieldError, at
 from sdkit.server.config import ServerConfig
 from sdkit.server.uploads import image_ref
 
-MODEL_FIELDS = {"model": "checkpoints", "tiny_vae": "vae"}  # generate / eval / trainers; controlnet below
+MODEL_FIELDS = {"model": "checkpoints", "tiny_vae": "vae", "vae": "vae", "refiner": "checkpoints",
+                "init_from": "checkpoints"}  # generate / eval / trainers / convert; controlnet below  # fmt: skip
+NAME_FIELDS = ("source", "clip_model")  # a library name or a hub id, never a local path
 DATASET_FIELDS = ("data_dir", "instance_data_dir", "class_data_dir")
 IMAGE_FIELDS = {"init_image": "RGB", "mask": "L", "image": "RGB"}
-SERVER_FIELDS = ("annotators_dir", "allow_pickle")  # settings of the server's machine, not a client's
+SERVER_FIELDS = ("annotators_dir", "allow_pickle", "models_dir")  # settings of the server's machine, not a client's
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -51,11 +54,26 @@ def output_path(task, given: Any, config: ServerConfig) -> str:
     return str(Path(config.output_dir) / task.name / (f"{run}.png" if field == "output" else run))
 
 
+def not_a_path(value: Any, loc: tuple) -> None:
+    text = str(value)
+    if Path(text).is_absolute() or text.startswith(("~", ".")) or ".." in Path(text).parts or Path(text).exists():
+        raise FieldError(loc, f"{text!r} is a path: the server takes names from its library (or hub ids), not paths")
+
+
 def adapters(fields: dict[str, Any], config: ServerConfig) -> None:
-    """lora / embedding / control / controlnet entries of a generate recipe: names in the library, images uploaded."""
+    """lora / embedding / control / controlnet entries of a generate recipe and the prompt's `<lora:>` tags: names in
+    the library, images uploaded."""
+    from sdkit.server.a1111 import prompt_loras
+
     for i, item in enumerate(fields.get("lora") or []):
         name, weight = (item.rsplit(":", 1) + ["1"])[:2] if isinstance(item, str) else (item.get("path"), item.get("weight", 1.0))
-        fields["lora"][i] = {"path": find("loras", name, ("lora", i), config), "weight": weight}
+        unet = item.get("unet_weight") if isinstance(item, dict) else None
+        fields["lora"][i] = {"path": find("loras", name, ("lora", i), config), "weight": weight,
+                             **({"unet_weight": unet} if unet is not None else {})}  # fmt: skip
+    if isinstance(fields.get("prompt"), str):
+        fields["prompt"], tagged = prompt_loras(fields["prompt"], config.models_dir)
+        if tagged:
+            fields["lora"] = [*(fields.get("lora") or []), *tagged]
     for i, item in enumerate(fields.get("embedding") or []):
         name, token = (item.split(":", 1) + [None])[:2] if isinstance(item, str) else (item.get("path"), item.get("token"))
         fields["embedding"][i] = {"path": find("embeddings", name, ("embedding", i), config), "token": token or name}
@@ -98,8 +116,18 @@ def task_fields(body: Any, config: ServerConfig, default_model: str | None = Non
     if "dtype" in schema_fields:
         fields.setdefault("dtype", config.dtype)
     for name, kind in MODEL_FIELDS.items():
-        if fields.get(name) is not None:
+        if fields.get(name) is not None and name in schema_fields:
             fields[name] = find(kind, fields[name], (name,), config)
+    for name in NAME_FIELDS:
+        if fields.get(name) is not None and name in schema_fields:
+            not_a_path(fields[name], (name,))
+    if fields.get("config") is not None:
+        from sdkit.families import FAMILIES
+
+        if fields["config"] not in FAMILIES:
+            raise FieldError(("config",), f"give a model family ({', '.join(FAMILIES)}): the server takes no config files")
+    if config.models_dir is not None and "models_dir" in schema_fields:
+        fields["models_dir"] = [str(config.models_dir)]  # names inside recipes (embeddings in prompts) read the same library
     if task.name == "train-controlnet" and fields.get("controlnet") is not None:
         fields["controlnet"] = find("controlnet", fields["controlnet"], ("controlnet",), config)
     elif task.name == "generate":
@@ -146,12 +174,10 @@ def paths_in(value: Any):
 
 
 def confined(recipe: Any, config: ServerConfig) -> None:
-    """Refuse a recipe that names a path outside the server's folders (output, state, models, sdkit's assets)."""
+    """Refuse a recipe that names a path outside the server's folders (output, state, the library, sdkit's assets)."""
     from sdkit.models import ASSETS
 
-    roots = [Path(config.output_dir).resolve(), config.state.resolve(), ASSETS.resolve()]
-    if config.models_dir is not None:
-        roots.append(Path(config.models_dir).resolve())
+    roots = [Path(config.output_dir).resolve(), config.state.resolve(), ASSETS.resolve(), *catalog.folders(config.models_dir)]
     for path in paths_in(recipe):
         resolved = Path(path).resolve()
         if not any(resolved == root or root in resolved.parents for root in roots):

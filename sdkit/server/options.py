@@ -1,5 +1,6 @@
 """A1111's `/sdapi/v1/options`: the settings clients read and set, kept in the queue's database so they survive a
-restart. `sd_model_checkpoint` picks the model of requests that name none (a library name or A1111 title). The
+restart. `sd_model_checkpoint` picks the model of requests that name none (a library name or A1111 title),
+`sd_vae` their VAE (Automatic, None, or a library VAE), `CLIP_stop_at_last_layers` their clip skip (1..12). The
 other options are the ones A1111 clients read; setting one to a value sdkit cannot run with is an error naming it,
 and an option A1111 does not have is an error too (A1111 fails on it as well).
 """
@@ -14,8 +15,8 @@ from sdkit.server import catalog
 
 # option -> (default, the values sdkit runs with: None means any)
 OPTIONS: dict[str, tuple[Any, tuple[Any, ...] | None]] = {
-    "sd_vae": ("Automatic", ("Automatic", "None")),
-    "CLIP_stop_at_last_layers": (1, (1,)),
+    "sd_vae": ("Automatic", None),  # Automatic / None (the model's own) or a VAE of the library, by file name
+    "CLIP_stop_at_last_layers": (1, tuple(range(1, 13))),
     "samples_format": ("png", ("png",)),
     "samples_save": (True, None),
     "grid_save": (False, (False,)),
@@ -49,6 +50,10 @@ def check_option(key: str, value: Any, models_dir: Path | None) -> Any:
     """The value to store for `key` (a checkpoint becomes its library name); UserError when sdkit cannot take it."""
     if key == "sd_model_checkpoint":
         return catalog.find("checkpoints", str(value), models_dir).name
+    if key == "sd_vae" and value not in ("Automatic", "None"):
+        return catalog.find("vae", str(value), models_dir).filename
+    if key == "CLIP_stop_at_last_layers" and (isinstance(value, bool) or value not in OPTIONS[key][1]):
+        raise UserError(f"clip skip {value!r}: give a whole number from 1 to 12")
     if key == "sd_checkpoint_hash":
         return value  # A1111 reports it; setting it does nothing there either
     if key not in OPTIONS:

@@ -170,20 +170,20 @@ def embeddings(request: Request) -> dict[str, Any]:
 
 @router.get("/sdapi/v1/samplers")
 def samplers() -> list[dict[str, Any]]:
-    from sdkit.schedulers import SCHEDULERS
+    from sdkit.schedulers import SAMPLERS
 
-    return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.kwargs.items()}}
-            for s in SCHEDULERS if not s.name.endswith(" Karras")]  # fmt: skip
+    return [{"name": s.name, "aliases": list(s.aliases), "options": {k: str(v) for k, v in s.kwargs.items()}} for s in SAMPLERS]
 
 
 @router.get("/sdapi/v1/schedulers")
 def schedulers() -> list[dict[str, Any]]:
-    from sdkit.schedulers import SCHEDULERS
+    """The schedule types sdkit runs, as A1111's sd_schedulers lists them (name, label, aliases, default_rho)."""
+    from sdkit.schedulers import SCHEDULES
 
-    found = [{"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1, "need_inner_model": False}]
-    if any(s.kwargs.get("use_karras_sigmas") for s in SCHEDULERS):
-        found.append({"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False})
-    return found
+    inner = ("SGM Uniform", "Simple", "Normal", "DDIM")  # A1111's schedules computed from the model's own timesteps
+    return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": ["SGMUniform"] if label == "SGM Uniform" else None,
+             "default_rho": 7.0 if label == "Karras" else -1, "need_inner_model": label in inner}
+            for label, runs in SCHEDULES.items() if runs is not None]  # fmt: skip
 
 
 @router.get("/sdapi/v1/options")

@@ -61,10 +61,9 @@ function setInit(init, label, src) {
 }
 
 function recipe() {
-  const schedule = $("schedule").value;
   const body = {
     task: "generate", prompt: $("prompt").value, negative: $("negative").value, model: $("model").value,
-    scheduler: schedule === "Karras" ? `${$("sampler").value} Karras` : $("sampler").value,
+    scheduler: $("sampler").value, schedule_type: $("schedule").value,
     steps: Number($("steps").value), cfg: Number($("cfg").value), seed: Number($("seed").value),
     width: Number($("width").value), height: Number($("height").value), num_images: Number($("num-images").value),
     lora: [...document.querySelectorAll(".lora-row")].map((row) => ({
@@ -175,11 +174,8 @@ function fillForm(form) {
   set("prompt", form.prompt); set("negative", form.negative); set("steps", form.steps); set("cfg", form.cfg);
   set("seed", form.seed); set("width", form.width); set("height", form.height);
   if (form.model) set("model", form.model);
-  if (form.scheduler) {
-    const karras = form.scheduler.endsWith(" Karras");
-    set("sampler", karras ? form.scheduler.slice(0, -7) : form.scheduler);
-    set("schedule", karras ? "Karras" : "Automatic");
-  }
+  if (form.scheduler) set("sampler", form.scheduler);
+  if (form.schedule_type) set("schedule", form.schedule_type);
   $("loras").replaceChildren();
   (form.lora || []).filter((l) => l.name).forEach((l) => addLora(l.name, l.weight));
   if (form.strength && state.init) set("strength", form.strength);
