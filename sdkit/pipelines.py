@@ -28,12 +28,20 @@ class PipelineCache:
     controlnets: dict[str, Any] = field(default_factory=dict)
     loads: int = 0
 
+    @staticmethod
+    def key(
+        model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False, speed: Speed | None = None,
+        vae: VaeRef | None = None,
+    ) -> tuple:  # fmt: skip
+        """What a loaded pipeline depends on: the entry `get` returns for these arguments."""
+        return (model.location, model.sha256, model.config, str(placement.device), str(placement.dtype), placement.offload,
+                allow_pickle, speed.speed_key() if speed else None, (vae.location, vae.sha256) if vae else None)
+
     def get(
         self, model: ModelRef, placement: device.Placement, *, allow_pickle: bool = False, speed: Speed | None = None,
         vae: VaeRef | None = None,
     ) -> Loaded:  # fmt: skip
-        key = (model.location, model.sha256, model.config, str(placement.device), str(placement.dtype), placement.offload,
-               allow_pickle, speed.speed_key() if speed else None, (vae.location, vae.sha256) if vae else None)
+        key = self.key(model, placement, allow_pickle=allow_pickle, speed=speed, vae=vae)
         if key not in self.entries:
             pipe = load_pipeline(model, torch_dtype=placement.dtype, allow_pickle=allow_pickle, vae=vae)
             if speed is not None:

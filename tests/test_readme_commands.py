@@ -37,7 +37,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
+SERVES = "a server runs until it is stopped; tests/test_server_*.py start `sdkit serve` on a free port and drive it"
 EXCLUDED = {
+    "sdkit serve": SERVES,
+    "sdkit serve --models-dir models --port 7860 -o outputs --max-loaded-models 2": SERVES,
+    "sdkit serve --host 0.0.0.0 --api-auth me:secret --cors-allow-origins http://localhost:3000": SERVES,
     "accelerate launch --num_processes 2 -m sdkit run file.yaml":
         "two processes run file.yaml's six generate jobs and its eval job, 400 images at the default n=200: "
         "2.5 min here; tests/test_run_distributed.py runs `accelerate launch` on small recipes",

@@ -33,6 +33,7 @@ TOOLS: dict[str, str] = {
     "run": "Run YAML recipe files: every job is validated before the first one runs; one model load per run.",
     "schema": "Print the JSON Schema of a task's recipe (for editor completion of recipe files).",
     "models": "List the model library (checkpoints, loras, embeddings, vae, controlnet): family, size, hash, trigger words.",
+    "serve": "Serve A1111's HTTP API, sdkit's job API and a web page (generate, progress, gallery, queue).",
 }
 
 

@@ -1,4 +1,4 @@
-"""info, replay, schedulers, run, schema, models: the top-level commands that are not tasks (their help: sdkit.cli.TOOLS)."""
+"""info, replay, schedulers, run, schema, models, serve: the commands that are not tasks (their help: sdkit.cli.TOOLS)."""
 
 from __future__ import annotations
 
@@ -245,3 +245,35 @@ def models_command(
         widths = [max(len(line[i]) for line in table) for i in range(5)]
         for line in table:
             print("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+
+
+@app.command("serve", help=COMMANDS["serve"][2])
+@guarded
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback it needs --api-auth or --insecure.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 7860,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Outputs (the gallery); the queue lives in its .sdkit-server/.")] = Path("outputs"),
+    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Queue database, uploads and job logs (default: OUTPUT/.sdkit-server).")] = None,  # noqa: UP045
+    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", help="Model library (sdkit, ComfyUI or A1111 layout) and its datasets/; default: $SDKIT_MODELS, else the config file.")] = None,  # noqa: UP045
+    api_auth: Annotated[Optional[str], typer.Option("--api-auth", help="HTTP basic auth on every route: USER:PASSWORD[,USER:PASSWORD].")] = None,  # noqa: UP045
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without --api-auth.")] = False,
+    cors_allow_origins: Annotated[Optional[list[str]], typer.Option("--cors-allow-origins", help="Allow browser pages from this origin (repeatable); CORS is off without it.")] = None,  # noqa: UP045
+    device: Annotated[Optional[list[str]], typer.Option("--device", help="One worker per device, e.g. --device cuda:0 --device cuda:1 (default: auto).")] = None,  # noqa: UP045
+    dtype: Annotated[str, typer.Option("--dtype", help="auto | fp32 | fp16 | bf16 for every job.")] = "auto",
+    max_loaded_models: Annotated[int, typer.Option("--max-loaded-models", help="Warm pipelines per worker; the least recently used is dropped.")] = 2,
+    memory_limit_mb: Annotated[Optional[int], typer.Option("--memory-limit-mb", help="Drop the least recently used pipelines past this many MB of weights.")] = None,  # noqa: UP045
+    queue_limit: Annotated[int, typer.Option("--queue-limit", help="Queued jobs; more are refused with 429 and Retry-After.")] = 100,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body in MiB (413 past it).")] = 64,
+    max_images: Annotated[int, typer.Option("--max-images", help="Most images one request may ask for.")] = 100,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level (info shows every request).")] = "warning",
+) -> None:
+    from sdkit.server.config import ServerConfig
+    from sdkit.server.main import serve
+
+    if dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise UserError(f"--dtype {dtype}: use auto, fp32, fp16 or bf16")
+    serve(ServerConfig(host=host, port=port, output_dir=output_dir, state_dir=state_dir, models_dir=models_dir,
+                       api_auth=api_auth, insecure=insecure, cors_allow_origins=tuple(cors_allow_origins or ()),
+                       devices=tuple(device or ("auto",)), dtype=dtype, max_loaded_models=max_loaded_models,
+                       memory_limit_mb=memory_limit_mb, queue_limit=queue_limit, max_body_mb=max_body_mb,
+                       max_images=max_images), log_level=log_level)  # fmt: skip

@@ -70,12 +70,13 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
 
 def run(
     recipe: GenerateRecipe, cache: PipelineCache | None = None, *, plan: Sequence[tuple[int, int]] | None = None,
-    advance: Callable[[int], None] | None = None,
+    advance: Callable[[int], None] | None = None, on_step: Callable[[Any, int, Any], None] | None = None,
 ) -> list[Result]:
     """Generate every image of `recipe`, or only the planned `(k, file index)` pairs (a share of a distributed run).
 
     `advance`: run inside another task's loop (eval sweep), which shows the progress (`advance(steps)`) and reports
-    the paths: no bar of its own, nothing printed."""
+    the paths: no bar of its own, nothing printed. `on_step(pipe, step, latents)` runs after each denoising step (the
+    server's progress, preview and interrupt)."""
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
@@ -119,7 +120,7 @@ def run(
             for k, index in todo:
                 seed_k = image_seed(seed, k)
                 image_recipe = recipe.model_copy(update={**fixed, "seed": seed_k})
-                image = denoise(pipe, call, seed_k, placement, step)
+                image = denoise(pipe, call, seed_k, placement, step, on_step)
                 text = metadata(image_recipe, model, (width, height), schedule, units, refs)
                 path = write_png(Path(recipe.out), str(seed_k), image, text, index)
                 if advance is None:
@@ -177,20 +178,22 @@ def call_kwargs(recipe: GenerateRecipe, width: int, height: int, inputs: Inputs)
     return kwargs
 
 
-def denoise(pipe, call: dict[str, Any], seed: int, placement, advance) -> Image.Image:
+def denoise(pipe, call: dict[str, Any], seed: int, placement, advance, on_step=None) -> Image.Image:
     """One image: CPU generator (same noise on every device), NaN checks on latents and pixels."""
     import numpy as np
     import torch
 
-    def on_step(_pipe, _step, _timestep, tensors):
+    def step_end(_pipe, _step, _timestep, tensors):
         if not torch.isfinite(tensors["latents"]).all():
             raise SdkitError(nan_message(placement, "latents"))
         advance(1)
+        if on_step is not None:
+            on_step(_pipe, _step, tensors["latents"])
         return tensors
 
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
-        out = pipe(**call, generator=generator, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+        out = pipe(**call, generator=generator, callback_on_step_end=step_end, callback_on_step_end_tensor_inputs=["latents"])
     pixels = out.images[0]
     if not np.isfinite(pixels).all():
         raise SdkitError(nan_message(placement, "decoded image"))
