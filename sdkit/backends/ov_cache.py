@@ -13,6 +13,7 @@ not match (truncated, changed, damaged) is removed and converted again, never us
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import shutil
@@ -92,6 +93,7 @@ def entry_for(key: dict[str, Any], convert: Callable[[], Any], what: str) -> Pat
         manifest = {"key": {"format": FORMAT, **key}, "files": files, "convert_s": round(seconds, 2)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     del model
+    gc.collect()  # the traced graph and its weight copies go before the IR is compiled
     print(f"openvino: converted {what} in {seconds:.1f} s (cached in {entry})", file=sys.stderr, flush=True)
     return entry
 
