@@ -55,13 +55,13 @@ def check(recipe) -> None:
 
 def resolve(recipe):
     """The recipe with its backend written out: auto -> torch; openvino gets its device (cpu), its precision hint in
-    `dtype` (bf16 on CPUs with native bf16, else fp32; fp16 on GPU/NPU) and `fuse_lora` (LoRAs are fused before
-    conversion)."""
+    `dtype` (bf16 on CPUs with native bf16, else fp32; fp16 on GPU/NPU) and `fuse_lora` (LoRAs, from --lora or the
+    prompt, are fused before conversion)."""
     if getattr(recipe, "backend", None) is None:
         return recipe
     if not is_openvino(recipe):
         return recipe.model_copy(update={"backend": "torch"}) if recipe.backend == "auto" else recipe
-    changes: dict[str, Any] = {"device": "cpu", "fuse_lora": bool(recipe.lora) or recipe.fuse_lora}
+    changes: dict[str, Any] = {"device": "cpu", "fuse_lora": True}
     if recipe.dtype == "auto":
         from sdkit.fast import cpu_has_native_bf16
 
@@ -78,13 +78,14 @@ def torch_dtype(recipe) -> str:
 
 
 @contextlib.contextmanager
-def applied(pipe, recipe, model, store: dict):
-    """For one job: the pipeline's modules running in the recipe's backend (nothing changes for torch); `store` keeps
-    the compiled models of a run (sdkit.pipelines.PipelineCache.converted)."""
+def applied(pipe, recipe, model, store: dict, refs=None):
+    """For one job: the pipeline's modules running in the recipe's backend (nothing changes for torch). `store` keeps
+    the compiled models of a run (sdkit.pipelines.PipelineCache.converted); `refs` (sdkit.adapter_refs.Refs, when
+    given) names the LoRAs, embeddings and VAE actually applied, else the recipe's `lora` and `embedding`."""
     if not is_openvino(recipe):
         yield pipe
         return
     from sdkit.backends.openvino import converted
 
-    with converted(pipe, recipe, model, store):
+    with converted(pipe, recipe, model, store, refs):
         yield pipe

@@ -15,6 +15,7 @@ import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sdkit.backends import ov_cache, ov_device
@@ -227,16 +228,20 @@ class Forward:
 # --- one job -------------------------------------------------------------------------------------------------------
 
 
-def identity(recipe, model, pipe) -> dict[str, Any]:
+def identity(recipe, model, pipe, refs=None) -> dict[str, Any]:
     """What the converted weights depend on besides the module and its inputs (see ov_cache's key)."""
     import openvino as ov
 
     from sdkit.models import content_hash
 
+    loras = getattr(refs, "loras", recipe.lora)
+    embeddings = getattr(refs, "embeddings", recipe.embedding)
+    vae = getattr(refs, "vae", None)
+    weights = model.sha256 if model.sha256 and (vae is None or vae.sha256) else _weights_hash(pipe)
     return {
-        "model": model.sha256 or _weights_hash(pipe),
-        "loras": [[content_hash(lora.path), lora.weight] for lora in recipe.lora],
-        "embeddings": [[content_hash(emb.path), emb.token] for emb in recipe.embedding],
+        "model": [weights, getattr(model, "config", None), [vae.location, vae.sha256] if vae else None],
+        "loras": [[content_hash(Path(lora.path)), lora.weight] for lora in loras],
+        "embeddings": [[content_hash(Path(emb.path)), emb.token] for emb in embeddings],
         "precision": HINTS[recipe.dtype],
         "graph": [recipe.fuse_qkv, recipe.attention_slicing],
         "openvino": ov.get_version(),
@@ -266,9 +271,9 @@ def compile_config(recipe) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def converted(pipe, recipe, model, store: dict):
+def converted(pipe, recipe, model, store: dict, refs=None):
     """The pipeline's modules running in OpenVINO while the context is open (their own forward afterwards)."""
-    ident, config, device = identity(recipe, model, pipe), compile_config(recipe), ov_device(recipe)
+    ident, config, device = identity(recipe, model, pipe, refs), compile_config(recipe), ov_device(recipe)
     patched = []
     try:
         for name, module, kind in targets(pipe):
