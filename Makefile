@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,openvino]'
 	touch $@
 
 # The embedded shapes model (sdkit/assets/shapes) is the default --model: no network needed.

@@ -8,7 +8,7 @@ import sys
 from bench.common import write_results
 
 BENCHES = ("startup", "overhead", "reuse", "cpu_compute", "train_throughput", "gpu", "vae_roundtrip", "shapes_eval",
-           "controlnet_fidelity", "a1111_prompts", "sdxl_learning", "sampler_sweep", "server")
+           "controlnet_fidelity", "a1111_prompts", "sdxl_learning", "sampler_sweep", "server", "openvino")
 
 
 def main(names: list[str]) -> None:

@@ -26,6 +26,7 @@ class Loaded:
 class PipelineCache:
     entries: dict[tuple, Loaded] = field(default_factory=dict)
     controlnets: dict[str, Any] = field(default_factory=dict)
+    converted: dict[tuple, Any] = field(default_factory=dict)  # compiled OpenVINO models (sdkit.backends.openvino)
     loads: int = 0
 
     @staticmethod

@@ -31,7 +31,7 @@ def test_fast_on_cpu_is_recorded_and_replays(tmp_path: Path, tiny_sd_dir: Path) 
     assert result.exit_code == 0, result.output
     image = tmp_path / "a" / "00001-4.png"
     recorded = read_recipe(image)["recipe"]
-    table = fast.PRESETS[fast.device_kind("cpu")]
+    table = fast.PRESETS[fast.device_kind("cpu", GenerateRecipe(fast=True))]  # the OpenVINO row where it is installed
     assert recorded["fast"] is True
     assert recorded["dtype"] == table.get("dtype", "auto")
     for name, value in table.items():
@@ -43,8 +43,8 @@ def test_fast_on_cpu_is_recorded_and_replays(tmp_path: Path, tiny_sd_dir: Path) 
 
 def test_explicit_dtype_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
-    assert fast.preset_for(GenerateRecipe(fast=True), "cpu") == dict(fast.PRESETS["cpu-bf16"])
-    chosen = fast.preset_for(GenerateRecipe(fast=True, dtype="fp32"), "cpu")
+    assert fast.preset_for(GenerateRecipe(fast=True, backend="torch"), "cpu") == dict(fast.PRESETS["cpu-bf16"])
+    chosen = fast.preset_for(GenerateRecipe(fast=True, dtype="fp32", backend="torch"), "cpu")
     assert "dtype" not in chosen and chosen.get("channels_last") is True
     assert fast.preset_for(GenerateRecipe(fast=False), "cpu") == {}
     assert fast.preset_for(GenerateRecipe(fast=True, dtype="bf16"), "cuda") == {"channels_last": True, "fuse_qkv": True}

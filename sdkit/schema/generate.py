@@ -124,6 +124,12 @@ class GenerateRecipe(Speed, Placement):
         0.8, gt=0, lt=1, description="With --refiner: the share of the schedule the base model denoises before the hand-off."
     )
     fuse_lora: bool = Field(False, description="Fuse the LoRAs into the weights (faster sampling; same image up to float error).")
+    backend: str = Field(
+        "auto",
+        pattern=r"^(auto|torch|openvino(:[A-Z][A-Z0-9_.]*)?)$",
+        description="Inference engine: torch, or openvino (pip install 'sdkit[openvino]': UNet, VAE and text encoder "
+        "converted per size and cached; openvino:GPU / openvino:NPU for Intel devices). auto = torch, or what --fast picks.",
+    )
     allow_pickle: bool = Field(
         False, description="Allow .ckpt/.bin/.pt weights (loaded with torch's weights_only=True). Off: safetensors only."
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdkit import adapter_refs, conditioning, device, fast, infotext, prompts, refiner, schedulers
+from sdkit import adapter_refs, backends, conditioning, device, fast, infotext, prompts, refiner, schedulers
 from sdkit.adapters import adapters_applied
 from sdkit.errors import SdkitError, UserError
 from sdkit.images import MAX_SIDE, check_same_size, load_image
@@ -61,6 +61,7 @@ def check(recipe: GenerateRecipe) -> tuple[ModelRef, Inputs]:
                         "give --width and --height, or a smaller image")  # fmt: skip
     refs = adapter_refs.resolve(recipe)
     conditioning.check_control_inputs(recipe)
+    backends.check(recipe)
     if recipe.tiny_vae:
         resolve_component(recipe.tiny_vae, "tiny VAE")
     refiner.check(recipe)
@@ -80,7 +81,7 @@ def run(
     # 1. check the inputs and the placement before loading anything
     model, inputs = check(recipe)
     recipe = fast.resolve(recipe)  # --fast written into the fields (dtype, switches): recorded in every image
-    placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
+    placement = device.resolve(recipe.device, backends.torch_dtype(recipe), recipe.offload)
     seed = recipe.seed if recipe.seed is not None else secrets.randbelow(SEED_RANGE)
     todo = list(plan) if plan is not None else [(k, None) for k in range(recipe.num_images)]
 
@@ -91,7 +92,10 @@ def run(
     base = loaded.pipe
     check_inpainting_model(base, recipe, model)
     width, height = output_size(recipe, base, inputs.init)
-    with adapters_applied(base, list(refs.loras), list(refs.embeddings), fuse=recipe.fuse_lora):
+    with (
+        adapters_applied(base, list(refs.loras), list(refs.embeddings), fuse=recipe.fuse_lora),
+        backends.applied(base, recipe, model, cache.converted, refs),  # the UNet, VAE, text encoders in OpenVINO (or as loaded)
+    ):
         # 3. ControlNets (loaded once per run) and their control maps at the output size
         controls = conditioning.prepare(recipe, base, model, placement, (width, height), cache.controlnets) if recipe.control else []
         pipe = for_mode(base, recipe.mode, conditioning.combined(controls) if controls else None)
