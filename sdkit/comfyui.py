@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from sdkit.errors import UserError
-from sdkit.infotext import Imported, Resolver, find
+from sdkit.image_import import Imported, Resolver, find
 
 # editor-format widget names per node type (the order of `widgets_values`)
 WIDGETS = {

@@ -14,7 +14,7 @@ from helpers import assert_user_error, invoke, pixels
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdkit import infotext, schedulers
+from sdkit import image_import, infotext, schedulers
 from sdkit.errors import UserError
 from sdkit.models import ModelRef
 from sdkit.schema.generate import GenerateRecipe
@@ -181,7 +181,7 @@ def test_an_a1111_infotext_gives_the_intended_recipe(tmp_path: Path) -> None:
         asked.append((kind, name, short_hash))
         return {"model": "/m/tiny", "lora": str(tmp_path / "style.safetensors")}[kind]
 
-    imported = infotext.recipe_fields(infotext.parse(A1111_TEXT), resolver, "x.png")
+    imported = image_import.recipe_fields(infotext.parse(A1111_TEXT), resolver, "x.png")
     recipe = GenerateRecipe(**imported.fields)
     assert recipe.prompt == "a photo of a cat , (masterpiece:1.2)" and recipe.negative == "blurry, lowres"
     assert (recipe.steps, recipe.cfg, recipe.seed, recipe.width, recipe.height) == (3, 6.5, 1234, 32, 48)
@@ -192,26 +192,26 @@ def test_an_a1111_infotext_gives_the_intended_recipe(tmp_path: Path) -> None:
     assert "ADetailer model" in imported.ignored and "Hires fix (Denoising strength, Hires upscale, Hires upscaler)" in imported.ignored
     assert any(i.startswith("RNG GPU") for i in imported.ignored)
     old = infotext.parse("a cat\nSteps: 5, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 64x64")
-    fields = infotext.recipe_fields(old, resolver, "x").fields
+    fields = image_import.recipe_fields(old, resolver, "x").fields
     assert (fields["scheduler"], fields["schedule_type"]) == ("DPM++ 2M", "karras")  # pre-1.9 names
 
 
 def test_missing_model_and_refused_sampler_are_one_line_errors() -> None:
     with pytest.raises(UserError, match="model 'v1-5-pruned' hash 6ce0161689 was not found"):
-        infotext.recipe_fields(infotext.parse("x\nSteps: 5, Seed: 1, Model hash: 6ce0161689, Model: v1-5-pruned"),
+        image_import.recipe_fields(infotext.parse("x\nSteps: 5, Seed: 1, Model hash: 6ce0161689, Model: v1-5-pruned"),
                                lambda *a: None, "a.png")
     with pytest.raises(UserError, match="sampler 'Restart' cannot run in sdkit"):
-        infotext.recipe_fields(infotext.parse("x\nSteps: 5, Sampler: Restart, Seed: 1"), lambda *a: None, "a.png")
+        image_import.recipe_fields(infotext.parse("x\nSteps: 5, Sampler: Restart, Seed: 1"), lambda *a: None, "a.png")
 
 
 def test_exif_user_comment_as_civitai_serves_it(tmp_path: Path) -> None:
     text = "a cat\nNegative prompt: dog\nSteps: 5, Sampler: Euler a, CFG scale: 7, Seed: 9, Size: 64x64"
     for suffix, body in ((".jpg", text.encode("utf-16-be")), (".webp", text.encode("utf-16-le")), (".jpeg", text.encode())):
         exif = Image.Exif()
-        exif.get_ifd(infotext.EXIF_IFD)[infotext.USER_COMMENT] = (b"UNICODE\0" if suffix != ".jpeg" else b"ASCII\0\0\0") + body
+        exif.get_ifd(image_import.EXIF_IFD)[image_import.USER_COMMENT] = (b"UNICODE\0" if suffix != ".jpeg" else b"ASCII\0\0\0") + body
         path = tmp_path / f"civitai{suffix}"
         Image.new("RGB", (16, 16), "red").save(path, exif=exif.tobytes())
-        assert infotext.image_text(path)["parameters"] == text, suffix
+        assert image_import.image_text(path)["parameters"] == text, suffix
 
 
 # --- images through the CLI --------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def test_controlnet_units_ti_hashes_denoising_and_emphasis_are_written(tmp_path:
     assert fields == {"Module": "canny", "Model": f"my-canny [{infotext.legacy_hash(net / 'diffusion_pytorch_model.safetensors')}]",
                       "Weight": "0.8", "Resize Mode": "Just Resize", "Guidance Start": "0.0", "Guidance End": "1.0",
                       "Pixel Perfect": "False", "Control Mode": "Balanced"}
-    read = infotext.recipe_fields(infotext.parse(text), lambda kind, name, h: f"/{kind}/{name}", "x")
+    read = image_import.recipe_fields(infotext.parse(text), lambda kind, name, h: f"/{kind}/{name}", "x")
     assert read.fields["prompt_syntax"] == "plain" and read.fields["strength"] == 0.6
     assert read.fields["embedding"] == [{"path": "/embedding/<thing>", "token": "<thing>"}]
     assert "ControlNet 0" in read.ignored  # the control image is not in the infotext
@@ -367,5 +367,5 @@ def test_an_sdkit_image_never_gives_its_output_folder_or_pickle_permission(tmp_p
     info = PngInfo()
     info.add_text("sdkit", json.dumps({"sdkit": "0", "task": "generate", "recipe": recipe.model_dump(mode="json")}))
     Image.new("RGB", (8, 8)).save(tmp_path / "made.png", pnginfo=info)
-    fields = infotext.import_image(tmp_path / "made.png").fields
+    fields = image_import.import_image(tmp_path / "made.png").fields
     assert fields["prompt"] == "a cat" and "out" not in fields and "allow_pickle" not in fields

@@ -19,7 +19,7 @@ app = typer.Typer(rich_markup_mode=None)  # its commands are top-level ones: sdk
 def info(image: Annotated[Path, typer.Argument(help="An image written by sdkit, A1111, Forge, civitai or ComfyUI.")]) -> None:
     import yaml
 
-    from sdkit.infotext import image_text, import_image
+    from sdkit.image_import import image_text, import_image
 
     if "sdkit" not in image_text(image):  # another generator's image: its settings, names as written in it
         imported = import_image(image, resolver=lambda kind, name, short_hash: name or short_hash)
@@ -39,7 +39,7 @@ def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
     images): a malformed record in anyone's image is bad input (exit 2 naming the field), never a crash. An image
     without sdkit's record (A1111, Forge, civitai, ComfyUI) gives the recipe its settings describe, found through
     `sdkit.infotext` (what sdkit cannot reproduce is one warning line); its record is then empty."""
-    from sdkit.infotext import image_text, import_image
+    from sdkit.image_import import image_text, import_image
     from sdkit.outputs import read_recipe
     from sdkit.progress import warn
     from sdkit.recipefile import validate
@@ -58,7 +58,7 @@ def recorded(image: Path, command: str) -> tuple[dict[str, Any], Any]:
 def from_png_fields(image: Path, given: dict[str, Any]) -> dict[str, Any]:
     """`sdkit generate --from-png IMAGE`: the recipe fields the image describes, for the flags given to override.
     Fields the flags set are not looked up (a model given with -m need not exist under the image's name)."""
-    from sdkit.infotext import import_image, library_resolver
+    from sdkit.image_import import import_image, library_resolver
     from sdkit.progress import warn
 
     skip = frozenset(k for k, v in given.items() if v not in (None, [], ()))

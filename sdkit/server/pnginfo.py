@@ -36,8 +36,9 @@ def read(data: bytes, field: str = "image") -> tuple[str, dict[str, str]]:
     """(infotext, other text chunks) of an image's bytes, read within sdkit's pixel limit (the header first)."""
     from PIL import UnidentifiedImageError
 
+    from sdkit.image_import import EXIF_IFD, USER_COMMENT, exif_comment
     from sdkit.images import check_pixels, open_header
-    from sdkit.infotext import EXIF_IFD, MAX_TEXT, USER_COMMENT, exif_comment
+    from sdkit.infotext import MAX_TEXT
 
     try:
         with open_header(io.BytesIO(data), field) as img:
