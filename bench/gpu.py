@@ -142,7 +142,8 @@ def sdkit_fast(
         sync(dev)
         elapsed = time.perf_counter() - start
         r = results[0].recipe
-        settings = f"dtype {r.dtype}, channels_last {r.channels_last}, fuse_qkv {r.fuse_qkv}, compile {r.compile}"
+        settings = (f"backend {r.backend}, dtype {r.dtype}, channels_last {r.channels_last}, fuse_qkv {r.fuse_qkv}, "
+                    f"compile {r.compile}")  # fmt: skip
         return elapsed
 
     call(1)  # loads the model (and compiles with --compile)

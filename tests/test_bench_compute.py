@@ -133,7 +133,12 @@ def test_gpu_script_runs_end_to_end_on_cpu_with_the_tiny_model(tmp_path):
     names = {f["name"]: f for f in data["figures"]}
     default, fast = names["tiny 32px 2 steps diffusers default"], names["tiny 32px 2 steps sdkit fast"]
     assert default["value"] > 0 and fast["value"] > 0 and fast["met"] is None
-    assert "channels_last True" in fast["detail"] and "it/s" in fast["detail"]
+    from sdkit import fast as fast_table
+    from sdkit.schema.generate import GenerateRecipe
+
+    resolved = fast_table.resolve(GenerateRecipe(prompt="x", device="cpu", fast=True))  # this CPU's --fast row
+    assert f"backend {resolved.backend}, dtype {resolved.dtype}, channels_last {resolved.channels_last}" in fast["detail"]
+    assert "it/s" in fast["detail"]
     assert "tiny 32px 2 steps sdkit per-call overhead" in names
     images = sorted((tmp_path / "work" / "images").rglob("*.png"))
     assert len([p for p in images if p.name.startswith("diffusers-")]) == 2
