@@ -1,5 +1,5 @@
 """--backend openvino against torch on CPU: one CFG step of an SD 1.5-architecture UNet (published config, random
-weights) at 256 and 512 px, and whole `sdkit generate` runs on the shapes model.
+weights) at 256 and 512 px, whole `sdkit generate` runs on the shapes model, and `sdkit eval shapes` with each backend.
 
 UNet step, side by side in alternated rounds (median per path): diffusers' fp32 default, sdkit's torch `--fast` row
 (bf16 weights + channels_last) and sdkit's OpenVINO backend (sdkit.backends.openvino, the code `--backend openvino`
@@ -7,7 +7,7 @@ runs) with the f32 and the bf16 precision hint. Per path: s/step, ratio to fp32,
 in the same run (FLOPs counted by bench.cpu_compute), PSNR of the noise prediction against fp32. Each OpenVINO graph is
 converted first in a child process (its conversion time and peak RSS), then loaded from the disk cache here.
 
-    python -m bench.openvino [--sizes 256 512] [--rounds 3] [--no-generate] [--no-write]
+    python -m bench.openvino [--sizes 256 512] [--rounds 3] [--no-generate] [--no-quality] [--no-write]
 """
 
 from __future__ import annotations
@@ -154,32 +154,74 @@ def generate_wall(args: list[str], out: Path, env: dict[str, str]) -> tuple[floa
 
 
 def generate_figures(rounds: int) -> list[Figure]:
-    """Whole `sdkit generate` on the shapes model: per-image wall time with a warm cache, and the conversion time."""
+    """Whole `sdkit generate` on the shapes model. The first CLI run of each backend in a fresh cache (OpenVINO's
+    converts its graphs: the conversion time it prints); then per-image time with warm pipelines, in process through
+    the generate task (`sdkit.tasks.generate.run`, a PipelineCache per backend), 4 images per run, alternated rounds."""
+    from sdkit.pipelines import PipelineCache
+    from sdkit.schema.generate import GenerateRecipe
+    from sdkit.tasks import generate
+
     figures = []
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
         env = {**os.environ, "SDKIT_CACHE_DIR": str(Path(tmp) / "cache")}
         base = ["a red circle on a blue background", "-m", "shapes", "--steps", "20", "--cfg", "5", "--seed", "1"]
-        backends = {"torch": ["--backend", "torch"], "--fast torch": ["--fast", "--backend", "torch"],
-                    "openvino (bf16 hint)": ["--backend", "openvino"]}  # fmt: skip
-        seconds, stderr = generate_wall([*base, *backends["openvino (bf16 hint)"]], Path(tmp) / "warm", env)
+        backends = {"torch": {"backend": "torch"}, "--fast torch": {"fast": True, "backend": "torch"},
+                    "openvino (bf16 hint)": {"backend": "openvino"}}  # fmt: skip
+        seconds, stderr = generate_wall([*base, "--backend", "openvino"], Path(tmp) / "first", env)
         converted = [float(s) for s in re.findall(r"openvino: converted .* in ([\d.]+) s", stderr)]
-        walls: dict[str, list[float]] = {name: [] for name in backends}
-        for r in range(rounds):
-            for name, extra in backends.items():
-                one, _ = generate_wall([*base, *extra], Path(tmp) / f"{r}-{name}-1", env)
-                five, _ = generate_wall([*base, *extra, "--num-images", "5"], Path(tmp) / f"{r}-{name}-5", env)
-                walls[name].append((five - one) / 4)
+        previous = os.environ.get("SDKIT_CACHE_DIR")
+        os.environ["SDKIT_CACHE_DIR"] = env["SDKIT_CACHE_DIR"]
+        try:
+            caches = {name: PipelineCache() for name in backends}
+            recipes = {name: GenerateRecipe(prompt=base[0], model="shapes", steps=20, cfg=5.0, seed=1, num_images=4,
+                                            out=Path(tmp) / name.replace(" ", "-"), **fields)
+                       for name, fields in backends.items()}  # fmt: skip
+            for name in backends:  # warm: load (and, for openvino, load the converted graphs from the cache)
+                generate.run(recipes[name].model_copy(update={"num_images": 1}), caches[name])
+            walls: dict[str, list[float]] = {name: [] for name in backends}
+            for _ in range(rounds):
+                for name in backends:
+                    start = time.perf_counter()
+                    generate.run(recipes[name], caches[name])
+                    walls[name].append((time.perf_counter() - start) / 4)
+        finally:
+            os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
         torch_s = statistics.median(walls["torch"])
         for name, values in walls.items():
             s = statistics.median(values)
             figures.append(Figure(BENCH, f"sdkit generate shapes per image, {name}", s, "s", "reference", None,
-                                  f"{s / torch_s:.2f}× torch · 20 steps cfg 5, (5 images - 1 image) / 4, warm cache, median of {rounds}"))  # fmt: skip
+                                  f"{s / torch_s:.2f}× torch · 20 steps cfg 5, warm pipeline, 4 images a run, median of {rounds}"))  # fmt: skip
         figures.append(Figure(BENCH, "sdkit generate shapes, first run's conversion", sum(converted), "s", "reported", None,
                               f"{len(converted)} graphs converted ({', '.join(f'{c:.1f}' for c in converted)} s); whole first run {seconds:.0f} s"))  # fmt: skip
     return figures
 
 
-def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True) -> list[Figure]:
+def quality_figures(n: int = 200) -> list[Figure]:
+    """`sdkit eval shapes` (n prompts, cfg 5, the eval's own seed) with torch and with OpenVINO's bf16 hint: the
+    goal is OpenVINO within 2 points of torch on colour, shape and background."""
+    from sdkit.schema.eval import EvalShapesRecipe
+    from sdkit.tasks import eval_shapes
+
+    scores = {}
+    with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
+        previous = os.environ.get("SDKIT_CACHE_DIR")
+        os.environ["SDKIT_CACHE_DIR"] = tmp
+        try:
+            for backend in ("torch", "openvino"):
+                recipe = EvalShapesRecipe(n=n, cfg=[5.0], heldout=False, backend=backend, device="cpu")
+                scores[backend] = eval_shapes.run(recipe)[0]
+        finally:
+            os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
+    figures = []
+    for key, word in (("color", "colour"), ("shape", "shape"), ("background", "background"), ("all", "all")):
+        t, o = 100 * getattr(scores["torch"], key), 100 * getattr(scores["openvino"], key)
+        met = abs(o - t) <= 2 if key != "all" else None
+        figures.append(Figure(BENCH, f"eval shapes {word}, openvino vs torch", o, "%", "within 2 points of torch" if met is not None
+                              else "reference", met, f"torch {t:.1f} %, difference {o - t:+.1f} points, n={n}, cfg 5, bf16 hint"))  # fmt: skip
+    return figures
+
+
+def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True, quality: bool = True) -> list[Figure]:
     log(machine())
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
         previous = os.environ.get("SDKIT_CACHE_DIR")
@@ -190,6 +232,8 @@ def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True) 
             os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
     if generate:
         figures += generate_figures(max(1, rounds - 1))
+    if quality:
+        figures += quality_figures()
     return figures
 
 
@@ -198,13 +242,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-generate", action="store_true")
+    parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--convert", nargs=2, metavar=("SIZE", "HINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.convert:
         convert_child(int(args.convert[0]), args.convert[1])
         return
-    figures = run(args.sizes, args.rounds, not args.no_generate)
+    figures = run(args.sizes, args.rounds, not args.no_generate, not args.no_quality)
     for f in figures:
         print(f"{f.name:48s} {f.value:9.3f} {f.unit:7s} {f.detail}")
     if not args.no_write:

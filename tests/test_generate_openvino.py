@@ -184,3 +184,21 @@ def test_fast_picks_openvino_from_the_table(monkeypatch: pytest.MonkeyPatch) -> 
     assert fast.resolve(GenerateRecipe(device="cpu")).backend == "torch"  # auto without --fast is torch
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: False)
     assert fast.preset_for(GenerateRecipe(fast=True), "cpu") == {}
+
+
+@pytest.mark.slow  # converts the shapes model's graphs at the eval's batch (about 40 s on a loaded 2-core box)
+def test_eval_shapes_runs_in_openvino(tmp_path: Path, ov_cache: Path) -> None:
+    """`sdkit eval shapes --backend openvino` scores what torch scores (the f32 hint: same verdicts), records its
+    backend in the report, converts into the cache once; and refuses as generate does, in one line."""
+    import json
+
+    args = ["eval", "shapes", "--n", "6", "--steps", "4", "--no-heldout", "--batch-size", "3", "--dtype", "fp32", "--json"]
+    torch_run = invoke(*args, "--backend", "torch")
+    ov_run = invoke(*args, "--backend", "openvino", "-o", str(tmp_path / "ov"))
+    assert torch_run.exit_code == 0 and ov_run.exit_code == 0, (torch_run.output, ov_run.output)
+    torch_scores, ov_scores = json.loads(torch_run.stdout)["scores"], json.loads(ov_run.stdout)["scores"]
+    assert ov_scores == torch_scores
+    report = json.loads((tmp_path / "ov" / "report.json").read_text())
+    assert report["recipe"]["backend"] == "openvino"
+    assert any(ov_cache.rglob("*.xml"))
+    assert_user_error(invoke("eval", "shapes", "--backend", "openvino", "--dtype", "fp16", "--device", "cpu"), "--dtype fp16")

@@ -34,6 +34,9 @@ class EvalShapesRecipe(Placement):
     lora: list[LoraRef] = Field([], description="LoRA as PATH[:WEIGHT] applied while generating; repeatable.")
     embedding: list[EmbeddingRef] = Field([], description="Textual-inversion embedding as PATH[:TOKEN]; repeatable.")
     heldout: bool = Field(True, description="Also score the colour x shape combinations held out of training (composition).")
+    backend: Literal["torch", "openvino"] = Field(
+        "torch", description="Inference engine, as `sdkit generate --backend`: torch, or openvino (pip install 'sdkit[openvino]')."
+    )
     out: Path | None = Field(None, description="Folder for report.json and a labelled sample grid (optional).", json_schema_extra=cli("-o"))
     as_json: bool = Field(False, description="Print the report as JSON on stdout instead of a table.", json_schema_extra=cli(name="--json"))
 

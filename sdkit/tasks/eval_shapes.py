@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sdkit import device, schedulers
+from sdkit import backends, device, schedulers
 from sdkit.adapters import adapters_applied, check_file
 from sdkit.models import resolve_model
 from sdkit.pipelines import PipelineCache
@@ -51,7 +51,8 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
     for emb in recipe.embedding:
         check_file(emb.path, "--embedding", False)
     model = resolve_model(recipe.model)
-    placement = device.resolve(recipe.device, recipe.dtype, recipe.offload)
+    engine = generation_settings(recipe)  # the backend, as sdkit generate would run it
+    placement = device.resolve(engine.device, backends.torch_dtype(engine), recipe.offload)
     import numpy as np
 
     shapes = tuple(recipe.shapes or BASE_SHAPES)
@@ -62,14 +63,19 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
         sets["heldout"] = sample_world(rng, recipe.n, shapes=shapes, split="heldout", pattern=recipe.pattern)
 
     # 2. load the model once
-    loaded = (cache if cache is not None else PipelineCache()).get(model, placement)
+    cache = cache if cache is not None else PipelineCache()
+    loaded = cache.get(model, placement)
     pipe = loaded.pipe
     pipe.scheduler = schedulers.build(recipe.scheduler, loaded.scheduler_config)
 
     # 3. generate and score every set at every guidance value
     scores, samples = [], []
     total = len(recipe.cfg) * sum(len(v) for v in sets.values())
-    with bar(f"eval {model.name}", total) as advance, adapters_applied(pipe, recipe.lora, recipe.embedding):
+    with (
+        bar(f"eval {model.name}", total) as advance,
+        adapters_applied(pipe, recipe.lora, recipe.embedding, fuse=engine.fuse_lora),
+        backends.applied(pipe, engine, model, cache.converted),  # the UNet, VAE and text encoder in OpenVINO, or as loaded
+    ):
         for cfg in recipe.cfg:
             judged = {name: judge(pipe, recipe, world, cfg, advance) for name, world in sets.items()}
             samples.extend((f"cfg {cfg}: {s.text}", img) for s, img, _ in judged["base"][:8])
@@ -86,6 +92,17 @@ def run(recipe: EvalShapesRecipe, cache: PipelineCache | None = None) -> list[Sc
     else:
         print_table(model.name, scores)
     return scores
+
+
+def generation_settings(recipe: EvalShapesRecipe):
+    """The eval's model, placement, adapters and backend as a generate recipe, resolved as `sdkit generate` resolves
+    them (openvino: CPU, its precision hint, LoRAs fused) and checked by the same one-line errors."""
+    from sdkit.schema.generate import GenerateRecipe
+
+    engine = GenerateRecipe(prompt="", model=recipe.model, device=recipe.device, dtype=recipe.dtype, lora=recipe.lora,
+                            embedding=recipe.embedding, backend=recipe.backend)  # fmt: skip
+    backends.check(engine)
+    return backends.resolve(engine)
 
 
 def prompt_for(recipe: EvalShapesRecipe, sample) -> str:
