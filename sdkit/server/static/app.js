@@ -98,6 +98,7 @@ function follow(id) {
       state.previewStep = p.preview_step;
       $("preview").src = `/sdkit/v1/jobs/${id}/preview?step=${p.preview_step}&image=${p.image}`;
       $("preview").hidden = false;
+      $("preview-box").hidden = false;
     }
   });
   events.addEventListener("done", (e) => {
