@@ -25,10 +25,11 @@ PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType({
     # Prepacked oneDNN convolution weights (bench/prepack.py) were measured and left out: 0.92-1.10x per UNet step on one
     # thread, 1.17x slower on two, the VAE 1.28x slower.
     "cpu-bf16": MappingProxyType({"dtype": "bf16", "channels_last": True}),
-    # the same CPUs with the openvino extra installed: the UNet, VAE and text encoder converted to OpenVINO and run with
-    # its bf16 hint (sdkit/backends). bench/openvino.py on this project's AMX Xeon, SD 1.5 UNet CFG step at 256 px, 3
-    # alternated rounds on a loaded box: 2.04 s against 6.95 s for the torch row (3.4x) and 12.4 s fp32, 49 dB PSNR;
-    # on a Zen 4 box (AVX512-BF16, no AMX) at 512 px: 5.5 s against 8.0 s (issue 27)
+    # AVX512-BF16 CPUs without AMX, with the openvino extra installed: the UNet, VAE and text encoder converted to
+    # OpenVINO with its bf16 hint (sdkit/backends). SD 1.5 UNet CFG step at 512 px on a Zen 4 box (AVX512-BF16, no
+    # AMX): 5.5 s against 8.0 s for the torch row (1.45x; issue 27). On AMX CPUs torch's bf16 row is as fast:
+    # bench/openvino.py on this project's quiet AMX Xeon, 3 alternated rounds: 512 px 2.72 s both (1.00x), 256 px
+    # 0.82 s against 0.99 s (1.21x), and each new size and LoRA set costs a 75-95 s conversion; so AMX keeps torch.
     "cpu-bf16-openvino": MappingProxyType({"backend": "openvino", "dtype": "bf16"}),
     # other CPUs: fp32 is the fastest precision; nothing else measured faster
     "cpu": MappingProxyType({}),
@@ -50,12 +51,23 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX-BF16 tiles (as /proc/cpuinfo reports), where torch's oneDNN bf16 kernels use them."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def device_kind(device_type: str, recipe=None) -> str:
-    """The PRESETS row for a torch device type (and a recipe: the OpenVINO row only where it can run that recipe)."""
+    """The PRESETS row for a torch device type (and a recipe: the OpenVINO row only on native-bf16 CPUs without AMX,
+    where it measured faster, and only where it can run that recipe)."""
     if device_type == "cpu":
         if not cpu_has_native_bf16():
             return "cpu"
-        return "cpu-bf16-openvino" if recipe is not None and openvino_fits(recipe) else "cpu-bf16"
+        if recipe is not None and not cpu_has_amx() and openvino_fits(recipe):
+            return "cpu-bf16-openvino"
+        return "cpu-bf16"
     return device_type if device_type in PRESETS else "cpu"
 
 

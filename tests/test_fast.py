@@ -31,7 +31,7 @@ def test_fast_on_cpu_is_recorded_and_replays(tmp_path: Path, tiny_sd_dir: Path) 
     assert result.exit_code == 0, result.output
     image = tmp_path / "a" / "00001-4.png"
     recorded = read_recipe(image)["recipe"]
-    table = fast.PRESETS[fast.device_kind("cpu", GenerateRecipe(fast=True))]  # the OpenVINO row where it is installed
+    table = fast.PRESETS[fast.device_kind("cpu", GenerateRecipe(fast=True))]  # this CPU's row (OpenVINO: no AMX, extra installed)
     assert recorded["fast"] is True
     assert recorded["dtype"] == table.get("dtype", "auto")
     for name, value in table.items():

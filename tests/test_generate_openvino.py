@@ -174,6 +174,10 @@ def test_refusals(tmp_path: Path, tiny_sd_dir: Path, monkeypatch: pytest.MonkeyP
 
 def test_fast_picks_openvino_from_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(fast, "cpu_has_amx", lambda: True)  # AMX: torch's bf16 row measured as fast
+    assert fast.preset_for(GenerateRecipe(fast=True), "cpu") == dict(fast.PRESETS["cpu-bf16"])
+    assert fast.resolve(GenerateRecipe(fast=True, device="cpu")).backend == "torch"
+    monkeypatch.setattr(fast, "cpu_has_amx", lambda: False)  # AVX512-BF16 without AMX: OpenVINO measured faster
     assert fast.preset_for(GenerateRecipe(fast=True), "cpu") == dict(fast.PRESETS["cpu-bf16-openvino"])
     resolved = fast.resolve(GenerateRecipe(fast=True, device="cpu"))
     assert (resolved.backend, resolved.dtype, resolved.device) == ("openvino", "bf16", "cpu")

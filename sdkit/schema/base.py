@@ -62,7 +62,7 @@ class Speed(Schema):
     fast: bool = Field(
         False,
         description="The best measured settings for the device (sdkit/fast.py): cuda = fp16, channels-last, fused QKV; "
-        "cpu with native bf16 = OpenVINO (bf16 hint) where installed, else bf16, channels-last. Never overrides a --dtype you give; recorded in the image's recipe.",
+        "cpu with native bf16 = bf16, channels-last (AVX512-BF16 without AMX: OpenVINO's bf16 hint where installed). Never overrides a --dtype you give; recorded in the image's recipe.",
     )
 
     def speed_key(self) -> tuple:
