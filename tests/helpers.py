@@ -20,6 +20,29 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+@dataclass(frozen=True)
+class Ran:
+    """What `invoke_subprocess` returns: the fields of click's Result that the tests read."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke_subprocess(*args: object, env: dict[str, str] | None = None) -> Ran:
+    """`sdkit ARGS` as a child process (`python -m sdkit`): for code that must not run inside pytest's process
+    (OpenVINO's compiled graphs leave native state behind that crashed a later in-process SIGTERM test)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "sdkit", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)  # fmt: skip
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
 def snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
     """Every file under the roots with its size and mtime: equal snapshots mean nothing was written or changed."""
     files = {}
