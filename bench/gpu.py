@@ -120,7 +120,7 @@ def sdkit_recipe(
     # sdkit's fast path: `fast` fills in its measured preset (sdkit/fast.py), `compile` is opt-in
     return GenerateRecipe(prompt=PROMPT, model=str(folder), device=dev.type, dtype=dtype, steps=steps, cfg=7.0,
                           scheduler="DPM++ 2M", width=target.size, height=target.size, seed=1, num_images=n,
-                          out=out, fast=True, compile=compile_)  # fmt: skip
+                          out=out, fast=True, compile=compile_, backend="torch")  # fmt: skip
 
 
 def sdkit_fast(

@@ -136,7 +136,7 @@ def test_gpu_script_runs_end_to_end_on_cpu_with_the_tiny_model(tmp_path):
     from sdkit import fast as fast_table
     from sdkit.schema.generate import GenerateRecipe
 
-    resolved = fast_table.resolve(GenerateRecipe(prompt="x", device="cpu", fast=True))  # this CPU's --fast row
+    resolved = fast_table.resolve(GenerateRecipe(prompt="x", device="cpu", fast=True, backend="torch"))  # torch's row
     assert f"backend {resolved.backend}, dtype {resolved.dtype}, channels_last {resolved.channels_last}" in fast["detail"]
     assert "it/s" in fast["detail"]
     assert "tiny 32px 2 steps sdkit per-call overhead" in names

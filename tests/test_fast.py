@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_user_error, invoke, pixels
+from helpers import assert_user_error, invoke, invoke_subprocess, pixels
 
 from sdkit import fast
 from sdkit.schema.generate import GenerateRecipe
@@ -27,7 +27,8 @@ def test_flags_in_help(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fast_on_cpu_is_recorded_and_replays(tmp_path: Path, tiny_sd_dir: Path) -> None:
     from sdkit.outputs import read_recipe
 
-    result = invoke("generate", "a red circle", "-m", tiny_sd_dir, *GEN, "--fast", "--device", "cpu", "-o", tmp_path / "a")
+    # child processes: on a CPU whose --fast row is OpenVINO, compiled graphs must not live in pytest's process
+    result = invoke_subprocess("generate", "a red circle", "-m", tiny_sd_dir, *GEN, "--fast", "--device", "cpu", "-o", tmp_path / "a")
     assert result.exit_code == 0, result.output
     image = tmp_path / "a" / "00001-4.png"
     recorded = read_recipe(image)["recipe"]
@@ -36,7 +37,7 @@ def test_fast_on_cpu_is_recorded_and_replays(tmp_path: Path, tiny_sd_dir: Path) 
     assert recorded["dtype"] == table.get("dtype", "auto")
     for name, value in table.items():
         assert recorded[name] == value, name
-    replayed = invoke("replay", image, "-o", tmp_path / "b")
+    replayed = invoke_subprocess("replay", image, "-o", tmp_path / "b")
     assert replayed.exit_code == 0, replayed.output
     assert np.array_equal(pixels(image), pixels(tmp_path / "b" / "00001-4.png"))
 
@@ -55,7 +56,7 @@ def test_explicit_dtype_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explicit_dtype_wins_in_the_image(tmp_path: Path, tiny_sd_dir: Path) -> None:
     from sdkit.outputs import read_recipe
 
-    result = invoke("generate", "x", "-m", tiny_sd_dir, *GEN, "--fast", "--dtype", "fp32", "-o", tmp_path)
+    result = invoke_subprocess("generate", "x", "-m", tiny_sd_dir, *GEN, "--fast", "--dtype", "fp32", "-o", tmp_path)
     assert result.exit_code == 0, result.output
     assert read_recipe(tmp_path / "00001-4.png")["recipe"]["dtype"] == "fp32"
 
