@@ -13,6 +13,7 @@ converted first in a child process (its conversion time and peak RSS), then load
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,17 @@ BENCH = "openvino"
 GOAL = "≤ 0.40× fp32, ≥ 70 % of bf16 peak, ≥ 1.4× faster than --fast"
 HINTS = ("f32", "bf16")
 DTYPE_OF = {"f32": "fp32", "bf16": "bf16"}
+
+
+@contextlib.contextmanager
+def cache_dir(path: str):
+    """SDKIT_CACHE_DIR set to `path` for the block (this process and the children it starts), then as it was."""
+    previous = os.environ.get("SDKIT_CACHE_DIR")
+    os.environ["SDKIT_CACHE_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
 
 
 def log(message: str) -> None:
@@ -169,9 +181,7 @@ def generate_figures(rounds: int) -> list[Figure]:
                     "openvino (bf16 hint)": {"backend": "openvino"}}  # fmt: skip
         seconds, stderr = generate_wall([*base, "--backend", "openvino"], Path(tmp) / "first", env)
         converted = [float(s) for s in re.findall(r"openvino: converted .* in ([\d.]+) s", stderr)]
-        previous = os.environ.get("SDKIT_CACHE_DIR")
-        os.environ["SDKIT_CACHE_DIR"] = env["SDKIT_CACHE_DIR"]
-        try:
+        with cache_dir(env["SDKIT_CACHE_DIR"]):
             caches = {name: PipelineCache() for name in backends}
             recipes = {name: GenerateRecipe(prompt=base[0], model="shapes", steps=20, cfg=5.0, seed=1, num_images=4,
                                             out=Path(tmp) / name.replace(" ", "-"), **fields)
@@ -184,8 +194,6 @@ def generate_figures(rounds: int) -> list[Figure]:
                     start = time.perf_counter()
                     generate.run(recipes[name], caches[name])
                     walls[name].append((time.perf_counter() - start) / 4)
-        finally:
-            os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
         torch_s = statistics.median(walls["torch"])
         for name, values in walls.items():
             s = statistics.median(values)
@@ -204,14 +212,10 @@ def quality_figures(n: int = 200) -> list[Figure]:
 
     scores = {}
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
-        previous = os.environ.get("SDKIT_CACHE_DIR")
-        os.environ["SDKIT_CACHE_DIR"] = tmp
-        try:
+        with cache_dir(tmp):
             for backend in ("torch", "openvino"):
                 recipe = EvalShapesRecipe(n=n, cfg=[5.0], heldout=False, backend=backend, device="cpu")
                 scores[backend] = eval_shapes.run(recipe)[0]
-        finally:
-            os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
     figures = []
     for key, word in (("color", "colour"), ("shape", "shape"), ("background", "background"), ("all", "all")):
         t, o = 100 * getattr(scores["torch"], key), 100 * getattr(scores["openvino"], key)
@@ -224,12 +228,8 @@ def quality_figures(n: int = 200) -> list[Figure]:
 def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True, quality: bool = True) -> list[Figure]:
     log(machine())
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
-        previous = os.environ.get("SDKIT_CACHE_DIR")
-        os.environ["SDKIT_CACHE_DIR"] = tmp  # the child conversions and this process share a fresh cache
-        try:
+        with cache_dir(tmp):  # the child conversions and this process share a fresh cache
             figures = unet_figures(sizes or [256, 512], rounds)
-        finally:
-            os.environ.pop("SDKIT_CACHE_DIR") if previous is None else os.environ.__setitem__("SDKIT_CACHE_DIR", previous)
     if generate:
         figures += generate_figures(max(1, rounds - 1))
     if quality:
