@@ -159,9 +159,10 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB")).astype(int)
 
 
-def generated(out: Path, *args: object) -> np.ndarray:
-    """`sdkit generate ARGS -o OUT` (in process), which must succeed and write exactly one image; its pixels."""
-    result = invoke("generate", *map(str, args), "-o", str(out))
+def generated(out: Path, *args: object, run=None) -> np.ndarray:
+    """`sdkit generate ARGS -o OUT` (in process, or through `run`, e.g. invoke_subprocess), which must succeed and
+    write exactly one image; its pixels."""
+    result = (run or invoke)("generate", *map(str, args), "-o", str(out))
     assert result.exit_code == 0, result.output
     images = sorted(p for p in Path(out).glob("*.png") if re.fullmatch(r"\d{5,}-\d+\.png", p.name))
     assert len(images) == 1, images

@@ -7,9 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-from helpers import assert_user_error, invoke_subprocess, pixels, snapshot
+from helpers import assert_user_error, invoke_subprocess, snapshot
 from helpers import invoke as invoke_in_process
 from PIL import Image
 
@@ -23,11 +24,7 @@ invoke = invoke_subprocess
 
 
 def generated(out: Path, *args: object) -> np.ndarray:
-    """`sdkit generate ARGS -o OUT` in a child process, which must write exactly one image; its pixels."""
-    result = invoke("generate", *args, "-o", out)
-    assert result.exit_code == 0, result.output
-    (image,) = sorted(Path(out).glob("[0-9]*.png"))
-    return pixels(image)
+    return helpers.generated(out, *args, run=invoke_subprocess)
 
 GEN = ["--steps", "3", "--seed", "4", "--scheduler", "Euler"]
 F32 = 40.0  # dB: the f32 hint computes what torch fp32 computes, up to kernel rounding
