@@ -1,5 +1,6 @@
 """--backend openvino against torch on CPU: one CFG step of an SD 1.5-architecture UNet (published config, random
-weights) at 256 and 512 px, whole `sdkit generate` runs on the shapes model, and `sdkit eval shapes` with each backend.
+weights) at 256 and 512 px, whole `sdkit generate` runs on the shapes model and on an SD 1.5-architecture folder
+(random weights, 512 px, 10 steps), and `sdkit eval shapes` with each backend.
 
 UNet step, side by side in alternated rounds (median per path): diffusers' fp32 default, sdkit's torch `--fast` row
 (bf16 weights + channels_last) and sdkit's OpenVINO backend (sdkit.backends.openvino, the code `--backend openvino`
@@ -7,7 +8,7 @@ runs) with the f32 and the bf16 precision hint. Per path: s/step, ratio to fp32,
 in the same run (FLOPs counted by bench.cpu_compute), PSNR of the noise prediction against fp32. Each OpenVINO graph is
 converted first in a child process (its conversion time and peak RSS), then loaded from the disk cache here.
 
-    python -m bench.openvino [--sizes 256 512] [--rounds 3] [--no-generate] [--no-quality] [--no-write]
+    python -m bench.openvino [--sizes 256 512] [--rounds 3] [--no-unet] [--no-generate] [--no-quality] [--no-write]
 """
 
 from __future__ import annotations
@@ -165,43 +166,61 @@ def generate_wall(args: list[str], out: Path, env: dict[str, str]) -> tuple[floa
     return time.perf_counter() - start, done.stderr
 
 
-def generate_figures(rounds: int) -> list[Figure]:
-    """Whole `sdkit generate` on the shapes model. The first CLI run of each backend in a fresh cache (OpenVINO's
-    converts its graphs: the conversion time it prints); then per-image time with warm pipelines, in process through
-    the generate task (`sdkit.tasks.generate.run`, a PipelineCache per backend), 4 images per run, alternated rounds."""
+def generate_figures(rounds: int, model: str = "shapes", label: str = "shapes", size: int | None = None,
+                     steps: int = 20, per_run: int = 4) -> list[Figure]:
+    """Whole `sdkit generate` on `model`. The first CLI run of each backend in a fresh cache (OpenVINO's converts its
+    graphs: the conversion time it prints); then per-image time with warm pipelines, in process through the generate
+    task (`sdkit.tasks.generate.run`, a PipelineCache per backend), `per_run` images a run, alternated rounds."""
     from sdkit.pipelines import PipelineCache
     from sdkit.schema.generate import GenerateRecipe
     from sdkit.tasks import generate
 
     figures = []
+    shape = {"width": size, "height": size} if size else {}
     with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
         env = {**os.environ, "SDKIT_CACHE_DIR": str(Path(tmp) / "cache")}
-        base = ["a red circle on a blue background", "-m", "shapes", "--steps", "20", "--cfg", "5", "--seed", "1"]
+        base = ["a red circle on a blue background", "-m", model, "--steps", str(steps), "--cfg", "5", "--seed", "1"]
+        base += ["--width", str(size), "--height", str(size)] if size else []
         backends = {"torch": {"backend": "torch"}, "--fast torch": {"fast": True, "backend": "torch"},
                     "openvino (bf16 hint)": {"backend": "openvino"}}  # fmt: skip
+        log(f"generate {label}: first OpenVINO run in a fresh cache")
         seconds, stderr = generate_wall([*base, "--backend", "openvino"], Path(tmp) / "first", env)
         converted = [float(s) for s in re.findall(r"openvino: converted .* in ([\d.]+) s", stderr)]
         with cache_dir(env["SDKIT_CACHE_DIR"]):
             caches = {name: PipelineCache() for name in backends}
-            recipes = {name: GenerateRecipe(prompt=base[0], model="shapes", steps=20, cfg=5.0, seed=1, num_images=4,
-                                            out=Path(tmp) / name.replace(" ", "-"), **fields)
+            recipes = {name: GenerateRecipe(prompt=base[0], model=model, steps=steps, cfg=5.0, seed=1, num_images=per_run,
+                                            out=Path(tmp) / name.replace(" ", "-"), **shape, **fields)
                        for name, fields in backends.items()}  # fmt: skip
             for name in backends:  # warm: load (and, for openvino, load the converted graphs from the cache)
-                generate.run(recipes[name].model_copy(update={"num_images": 1}), caches[name])
+                generate.run(recipes[name].model_copy(update={"num_images": 1, "steps": 1}), caches[name])
             walls: dict[str, list[float]] = {name: [] for name in backends}
-            for _ in range(rounds):
+            for r in range(rounds):
                 for name in backends:
                     start = time.perf_counter()
                     generate.run(recipes[name], caches[name])
-                    walls[name].append((time.perf_counter() - start) / 4)
+                    walls[name].append((time.perf_counter() - start) / per_run)
+                log(f"generate {label} round {r + 1}: " + ", ".join(f"{n} {w[-1]:.2f} s" for n, w in walls.items()))
         torch_s = statistics.median(walls["torch"])
+        what = f"{steps} steps cfg 5{f', {size} px' if size else ''}, warm pipeline, {per_run} image{'s' * (per_run > 1)} a run"
         for name, values in walls.items():
             s = statistics.median(values)
-            figures.append(Figure(BENCH, f"sdkit generate shapes per image, {name}", s, "s", "reference", None,
-                                  f"{s / torch_s:.2f}× torch · 20 steps cfg 5, warm pipeline, 4 images a run, median of {rounds}"))  # fmt: skip
-        figures.append(Figure(BENCH, "sdkit generate shapes, first run's conversion", sum(converted), "s", "reported", None,
+            figures.append(Figure(BENCH, f"sdkit generate {label} per image, {name}", s, "s", "reference", None,
+                                  f"{s / torch_s:.2f}× torch · {what}, median of {rounds}"))  # fmt: skip
+        figures.append(Figure(BENCH, f"sdkit generate {label}, first run's conversion", sum(converted), "s", "reported", None,
                               f"{len(converted)} graphs converted ({', '.join(f'{c:.1f}' for c in converted)} s); whole first run {seconds:.0f} s"))  # fmt: skip
     return figures
+
+
+def sd15_generate_figures(rounds: int, size: int = 512, steps: int = 10) -> list[Figure]:
+    """Whole `sdkit generate` on an SD 1.5-architecture diffusers folder (published configs, random weights in fp32)."""
+    import torch
+
+    from bench.sd_configs import save_random_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-sd15-") as tmp:
+        log("saving a random-weight SD 1.5-architecture pipeline")
+        model = save_random_pipeline("sd15", Path(tmp) / "sd15", dtype=torch.float32)
+        return generate_figures(rounds, str(model), f"SD 1.5-arch {size}px", size, steps, per_run=1)
 
 
 def quality_figures(n: int = 200) -> list[Figure]:
@@ -225,13 +244,17 @@ def quality_figures(n: int = 200) -> list[Figure]:
     return figures
 
 
-def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True, quality: bool = True) -> list[Figure]:
+def run(sizes: list[int] | None = None, rounds: int = 3, generate: bool = True, quality: bool = True,
+        unet: bool = True) -> list[Figure]:
     log(machine())
-    with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
-        with cache_dir(tmp):  # the child conversions and this process share a fresh cache
-            figures = unet_figures(sizes or [256, 512], rounds)
+    figures = []
+    if unet:
+        with tempfile.TemporaryDirectory(prefix="sdkit-bench-ov-") as tmp:
+            with cache_dir(tmp):  # the child conversions and this process share a fresh cache
+                figures += unet_figures(sizes or [256, 512], rounds)
     if generate:
         figures += generate_figures(max(1, rounds - 1))
+        figures += sd15_generate_figures(max(1, rounds - 1))
     if quality:
         figures += quality_figures()
     return figures
@@ -243,13 +266,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-generate", action="store_true")
     parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--no-unet", action="store_true", help="skip the UNet-step rows")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--convert", nargs=2, metavar=("SIZE", "HINT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.convert:
         convert_child(int(args.convert[0]), args.convert[1])
         return
-    figures = run(args.sizes, args.rounds, not args.no_generate, not args.no_quality)
+    figures = run(args.sizes, args.rounds, not args.no_generate, not args.no_quality, not args.no_unet)
     for f in figures:
         print(f"{f.name:48s} {f.value:9.3f} {f.unit:7s} {f.detail}")
     if not args.no_write:

@@ -174,3 +174,20 @@ def test_warm_pipelines_within_the_bound(bound: str, tiny_sd_dir: Path, tiny_sdx
     for model in (sd, xl, sd, xl):
         roomy.get(model, placement)
     assert roomy.loads == 2 and roomy.dropped == 0
+
+
+def test_compiled_graphs_within_the_bound() -> None:
+    """The OpenVINO graphs a server keeps: at most GRAPHS_PER_MODEL per warm pipeline, least recently used out first,
+    all of them out when a pipeline is dropped (requests choosing new sizes cannot grow memory without bound)."""
+    from sdkit.server.runs import GRAPHS_PER_MODEL, BoundedCache
+
+    cache = BoundedCache(max_models=1)
+    for size in range(GRAPHS_PER_MODEL):
+        cache.converted[("unet", size)] = object()
+    assert ("unet", 0) in cache.converted
+    cache.converted[("unet", 0)]  # read: now the most recent
+    cache.converted[("unet", "new")] = object()
+    assert len(cache.converted) == GRAPHS_PER_MODEL and ("unet", 1) not in cache.converted and ("unet", 0) in cache.converted
+    cache.entries[("a model",)] = object()
+    cache._drop(("a model",))
+    assert not cache.converted and cache.dropped == 1

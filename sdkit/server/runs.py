@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 import re
 import signal
 import subprocess
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from sdkit.server.store import Job
     from sdkit.server.workers import Live
 
+GRAPHS_PER_MODEL = 8  # compiled OpenVINO graphs kept per warm pipeline: one job needs up to 5 (UNet, VAE encoder and
+# decoder, two text encoders); each new size is a new set, so requests choosing sizes cannot grow memory without bound
 PREVIEW_LATENT = 32  # previews decode latents downscaled to at most this side (256 px on SD): a few % of a step
 STEP_LINE = re.compile(r"^step (\d+)/(\d+)")
 
@@ -37,13 +40,34 @@ class Stop(Exception):
         self.kind = kind
 
 
+class RecentGraphs(OrderedDict):
+    """At most `limit` entries; reading or writing one makes it the most recent, the least recent goes first."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
 class BoundedCache(PipelineCache):
     """The pipeline cache with a bound: at most `max_models` pipelines, and (with `memory_mb`) at most that many MB of
-    weights, estimated from the weight files before a load. The least recently used pipeline is dropped first."""
+    weights, estimated from the weight files before a load. The least recently used pipeline is dropped first. The
+    compiled OpenVINO graphs are bounded too (GRAPHS_PER_MODEL per pipeline; they reload from the disk cache)."""
 
     def __init__(self, max_models: int = 2, memory_mb: int | None = None):
         super().__init__()
         self.max_models, self.memory_mb = max_models, memory_mb
+        self.converted = RecentGraphs(GRAPHS_PER_MODEL * max_models)
         self.sizes: dict[tuple, int] = {}
         self.dropped = 0
 
@@ -70,6 +94,7 @@ class BoundedCache(PipelineCache):
         del self.entries[key]
         self.sizes.pop(key, None)
         self.controlnets.clear()  # ControlNets are loaded per device and dtype; cheap to reload next time
+        self.converted.clear()  # compiled from the pipeline's weights; the disk cache compiles them again in seconds
         self.dropped += 1
         gc.collect()
         if torch.cuda.is_available():
