@@ -187,11 +187,12 @@ def workdir(tmp_path_factory, tiny_sd_dir: Path) -> Path:
 
 
 def repository_files() -> dict[str, tuple[int, int]]:
-    """Every file of the checkout with its size and mtime, less git's, caches and a virtual environment."""
+    """Every file of the checkout with its size and mtime, less git's, caches, a virtual environment and the top
+    `runs/` folder (git-ignored: benches and the user's own trainings write there while the suite runs)."""
     skip = {".git", ".venv", ".pytest_cache", ".ruff_cache", "__pycache__"}
     files = {}
     for folder, dirs, names in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in skip]
+        dirs[:] = [d for d in dirs if d not in skip and not (folder == str(ROOT) and d == "runs")]
         for name in names:
             st = os.stat(os.path.join(folder, name), follow_symlinks=False)
             files[os.path.join(folder, name)] = (st.st_size, st.st_mtime_ns)
