@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

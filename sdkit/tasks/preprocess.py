@@ -43,12 +43,15 @@ def _write_png(image, path: Path, text: dict[str, str], overwrite: bool) -> None
 
 
 def _load(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if not path.is_file():
         raise UserError(f"IMAGE {path}: no such file")
+    from sdkit.images import check_pixels, open_header
+
     try:
-        with Image.open(path) as img:
+        with open_header(path, f"IMAGE {path}") as img:
+            check_pixels(img.size, f"IMAGE {path}")
             img.load()
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:

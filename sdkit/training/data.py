@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from sdkit.errors import UserError
 
@@ -85,9 +85,11 @@ def check_image(path: Path, where: str) -> None:
     """Refuse a file that is not an image (a .txt listed in metadata.jsonl, a broken header) from its header alone, so
     a bad dataset fails before any model loads; full decoding (`open_rgb`) comes later, still before anything is
     written."""
+    from sdkit.images import check_pixels, open_header
+
     try:
-        with Image.open(path):
-            pass
+        with open_header(path, f"{where}: {path}") as image:  # past sdkit.images.MAX_PIXELS: refused from the header
+            check_pixels(image.size, f"{where}: {path}")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(
             f"{where}: {path} is not an image ({type(err).__name__}: {err}): list only image files, or replace it"

@@ -30,9 +30,13 @@ RANDOM_CROP = (-1, -1)  # an entry's "crop" when it is drawn at every step
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB; a broken file is a UserError naming it."""
+    """Open and fully decode an image as RGB; a broken file, or one past sdkit.images.MAX_PIXELS (from its header, before
+    decoding), is a UserError naming it."""
+    from sdkit.images import check_pixels, open_header
+
     try:
-        with Image.open(path) as image:
+        with open_header(path, f"image {path}") as image:
+            check_pixels(image.size, f"image {path}")
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:

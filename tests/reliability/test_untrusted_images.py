@@ -1,5 +1,6 @@
 """Images from someone else: a decompression-bomb header and a real 12000x12000 PNG are refused from their header,
-before decoding, whether given as init image, mask or control image; a 16-bit PNG is scaled, not clipped to white."""
+before decoding, whether given as init image, mask, control image, an image of a training dataset or preprocess's
+IMAGE; a 16-bit PNG is scaled, not clipped to white."""
 
 from __future__ import annotations
 
@@ -109,3 +110,45 @@ def test_sixteen_bit_init_image_gives_the_eight_bit_result(tmp_path: Path, tiny_
         with Image.open(tmp_path / name / "00001-1.png") as img:
             images[name] = np.asarray(img.convert("RGB"))
     assert (images["g8"] == images["g16"]).all()
+
+
+def dataset(root: Path, oversized_png: Path, layout: str) -> Path:
+    """Three good 32 px images and the oversized one, as a plain folder with .txt captions or an imagefolder."""
+    root.mkdir()
+    names = [f"{i}.png" for i in range(3)] + ["big.png"]
+    for name in names[:3]:
+        Image.new("RGB", (32, 32), "red").save(root / name)
+    (root / "big.png").write_bytes(oversized_png.read_bytes())
+    for name in names:
+        if layout == "plain":
+            (root / name).with_suffix(".txt").write_text("a red circle")
+    if layout == "imagefolder":
+        (root / "metadata.jsonl").write_text("".join(f'{{"file_name": "{n}", "text": "a red circle"}}\n' for n in names))
+    return root
+
+
+TRAINING = {  # case -> (task, data flag, layout, oversized file, message fragment)
+    "lora plain bomb": ("lora", "--data", "plain", "bomb.png", "big.png claims 900,000,000 pixels"),
+    "lora plain 12000x12000": ("lora", "--data", "plain", "huge.png", "big.png is 12000x12000 (144,000,000 pixels)"),
+    "text-to-image imagefolder bomb": ("text-to-image", "--data", "imagefolder", "bomb.png", "900,000,000 pixels"),
+    "textual-inversion plain 12000x12000": ("textual-inversion", "--data", "plain", "huge.png", "12000x12000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINING))
+def test_oversized_training_image_is_refused_before_training(case: str, tmp_path: Path, oversized: Path) -> None:
+    """A training dataset is someone else's images too: past the limit, refused from the header, nothing written."""
+    task, flag, layout, source, fragment = TRAINING[case]
+    data = dataset(tmp_path / "data", oversized / source, layout)
+    extra = ["--token", "<x>", "--init-token", "circle"] if task == "textual-inversion" else []
+    before = snapshot(data)
+    proc = sdkit("train", task, "-m", "shapes", flag, data, *extra, "--max-steps", "1", "-o", tmp_path / "out", cwd=tmp_path)
+    assert_refused(proc, fragment, "more than the limit of 67,108,864 (8192x8192)", "downscale")
+    assert snapshot(data) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("source", ["bomb.png", "huge.png"])
+def test_oversized_image_to_preprocess_is_refused(source: str, tmp_path: Path, oversized: Path) -> None:
+    proc = sdkit("preprocess", "canny", oversized / source, "-o", tmp_path / "map.png", cwd=tmp_path)
+    assert_refused(proc, f"IMAGE {oversized / source}", "more than the limit of 67,108,864 (8192x8192)")
+    assert not (tmp_path / "map.png").exists()
