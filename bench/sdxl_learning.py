@@ -47,4 +47,8 @@ def run(results: Path = RESULTS) -> list[Figure]:
         shape, crop = ev[f"buckets@{aspect}/world"]["shape"], ev[f"center_crop@{aspect}/world"]["shape"]
         figures.append(Figure("sdxl", f"buckets shape @{aspect}", 100 * shape, "%", "≥ 80 %", shape >= 0.80,
                               f"centre-crop baseline {100 * crop:.1f} %, base {100 * ev[f'base@{aspect}/world']['shape']:.1f} %"))  # fmt: skip
+    for name, t in json.loads(results.read_text())["training"].items():
+        files = ", ".join(f"{f} {size / 2**20:.2f} MB" if size >= 2**20 else f"{f} {size / 1024:.1f} kB" for f, size in t["file_bytes"].items())
+        figures.append(Figure("sdxl", f"train {name}", t["wall_seconds"], "s", "reported", None,
+                              f"{t['steps']} steps on 1 CPU thread · peak RSS {t['peak_rss_mb']:.0f} MB · {files}"))  # fmt: skip
     return figures
