@@ -28,17 +28,16 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _FIX = "give a smaller image (downscale it)"
 
 
-def load_image(path: Path, what: str, mode: str = "RGB") -> Image.Image:
+def load_image(path: Path, what: str, mode: str = "RGB", flag: str | None = None) -> Image.Image:
     """Open `path`, refuse it past MAX_PIXELS before decoding, decode it fully (so truncated files fail here) and
-    convert it to `mode` (16-bit grayscale scaled to 8 bits)."""
+    convert it to `mode` (16-bit grayscale scaled to 8 bits). Messages name it `--what` (or `flag`, e.g. `IMAGE`)."""
     from PIL import UnidentifiedImageError
 
-    flag = "--" + what.replace(" ", "-")
+    flag = flag or "--" + what.replace(" ", "-")
     if not Path(path).is_file():
         raise UserError(f"{flag} {path}: no such file")
     try:
-        with open_header(path, f"{flag} {path}") as img:
-            check_pixels(img.size, f"{flag} {path}")
+        with open_checked(path, f"{flag} {path}") as img:
             img.load()
             return to_mode(img, mode)
     except (UnidentifiedImageError, OSError, ValueError) as err:
@@ -58,6 +57,17 @@ def open_header(path: Path, name: str) -> Image.Image:
         claimed = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than Pillow opens"
         raise UserError(f"{name} claims {size}, more than the limit of {MAX_PIXELS:,} ({MAX_SIDE}x{MAX_SIDE}): {_FIX}") from None
+
+
+def open_checked(path: Path, name: str) -> Image.Image:
+    """`open_header`, then `check_pixels` on the header's size: an image to decode only within MAX_PIXELS."""
+    img = open_header(path, name)
+    try:
+        check_pixels(img.size, name)
+    except UserError:
+        img.close()
+        raise
+    return img
 
 
 def check_pixels(size: tuple[int, int], name: str) -> None:

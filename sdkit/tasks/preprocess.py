@@ -42,22 +42,6 @@ def _write_png(image, path: Path, text: dict[str, str], overwrite: bool) -> None
         raise UserError(f"--output {path} exists: choose another path or pass --overwrite") from None
 
 
-def _load(path: Path):
-    from PIL import UnidentifiedImageError
-
-    if not path.is_file():
-        raise UserError(f"IMAGE {path}: no such file")
-    from sdkit.images import check_pixels, open_header
-
-    try:
-        with open_header(path, f"IMAGE {path}") as img:
-            check_pixels(img.size, f"IMAGE {path}")
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"IMAGE {path} is not a readable image ({type(err).__name__}): give a PNG or JPEG") from None
-
-
 def run(recipe: PreprocessRecipe) -> Path:
     """Compute the control map the recipe asks for and write it; return the output path."""
     from sdkit.control.preprocessors import check_options, preprocess
@@ -69,7 +53,9 @@ def run(recipe: PreprocessRecipe) -> Path:
     output = Path(recipe.output).expanduser()
     _check_output(output, recipe.overwrite)
     folder = annotators_dir(recipe.annotators_dir)
-    image = _load(Path(recipe.image).expanduser())
+    from sdkit.images import load_image
+
+    image = load_image(Path(recipe.image).expanduser(), "image", flag="IMAGE")
 
     # 2. the detector
     device = recipe.device

@@ -85,11 +85,11 @@ def check_image(path: Path, where: str) -> None:
     """Refuse a file that is not an image (a .txt listed in metadata.jsonl, a broken header) from its header alone, so
     a bad dataset fails before any model loads; full decoding (`open_rgb`) comes later, still before anything is
     written."""
-    from sdkit.images import check_pixels, open_header
+    from sdkit.images import open_checked
 
     try:
-        with open_header(path, f"{where}: {path}") as image:  # past sdkit.images.MAX_PIXELS: refused from the header
-            check_pixels(image.size, f"{where}: {path}")
+        with open_checked(path, f"{where}: {path}"):  # past sdkit.images.MAX_PIXELS: refused from the header
+            pass
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(
             f"{where}: {path} is not an image ({type(err).__name__}: {err}): list only image files, or replace it"

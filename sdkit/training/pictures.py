@@ -32,11 +32,10 @@ RANDOM_CROP = (-1, -1)  # an entry's "crop" when it is drawn at every step
 def open_rgb(path: Path) -> Image.Image:
     """Open and fully decode an image as RGB; a broken file, or one past sdkit.images.MAX_PIXELS (from its header, before
     decoding), is a UserError naming it."""
-    from sdkit.images import check_pixels, open_header
+    from sdkit.images import open_checked
 
     try:
-        with open_header(path, f"image {path}") as image:
-            check_pixels(image.size, f"image {path}")
+        with open_checked(path, f"image {path}") as image:
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
