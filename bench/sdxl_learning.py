@@ -22,7 +22,8 @@ def run(results: Path = RESULTS) -> list[Figure]:
         from bench.finetune_shapes_sdxl import main
 
         main(["--results", str(results)])
-    ev = json.loads(results.read_text())["eval"]
+    data = json.loads(results.read_text())
+    ev = data["eval"]
     base, db_world = ev["base/world"], ev["dreambooth_lora/world"]
     drop = 100 * (base["all"] - db_world["all"])
     figures = [
@@ -47,7 +48,7 @@ def run(results: Path = RESULTS) -> list[Figure]:
         shape, crop = ev[f"buckets@{aspect}/world"]["shape"], ev[f"center_crop@{aspect}/world"]["shape"]
         figures.append(Figure("sdxl", f"buckets shape @{aspect}", 100 * shape, "%", "≥ 80 %", shape >= 0.80,
                               f"centre-crop baseline {100 * crop:.1f} %, base {100 * ev[f'base@{aspect}/world']['shape']:.1f} %"))  # fmt: skip
-    for name, t in json.loads(results.read_text())["training"].items():
+    for name, t in data["training"].items():
         files = ", ".join(f"{f} {size / 2**20:.2f} MB" if size >= 2**20 else f"{f} {size / 1024:.1f} kB" for f, size in t["file_bytes"].items())
         figures.append(Figure("sdxl", f"train {name}", t["wall_seconds"], "s", "reported", None,
                               f"{t['steps']} steps on 1 CPU thread · peak RSS {t['peak_rss_mb']:.0f} MB · {files}"))  # fmt: skip
