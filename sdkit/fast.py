@@ -44,19 +44,21 @@ def cpu_has_native_bf16() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
     if "AVX512" not in capability and "AMX" not in capability:
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_has_amx() -> bool:
     """True when the CPU has AMX-BF16 tiles (as /proc/cpuinfo reports), where torch's oneDNN bf16 kernels use them."""
+    return "amx_bf16" in cpuinfo()
+
+
+def cpuinfo() -> str:
+    """/proc/cpuinfo's text ("" where there is none)."""
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
 
 
 def device_kind(device_type: str, recipe=None) -> str:
